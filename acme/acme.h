@@ -1,0 +1,112 @@
+/* The certificate side as the data plane sees it: a store of ready-to-serve
+ * certificates keyed by name, and the manager that fills it (local CA or
+ * files today; ACME and on-demand later). proxy/ includes only this header. */
+#ifndef DM_ACME_ACME_H
+#define DM_ACME_ACME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <openssl/base.h>
+
+struct cfg;
+struct dm_err;
+struct event_base;
+
+/* A certificate ready to serve: DER chain as CRYPTO_BUFFERs (leaf first) and
+ * its private key. Immutable and refcounted with an atomic count, so handshakes
+ * on any worker can hold it while renewal swaps in a new one. */
+struct acme_cert;
+
+/* acme_cert_from_pem parses a PEM chain (leaf first) and a PEM private key
+ * (ECDSA or RSA; PKCS#8, SEC1 or PKCS#1) into a new certificate (refs = 1).
+ * Checks that the key matches the leaf. pool (may be NULL) deduplicates
+ * buffers. */
+struct acme_cert *acme_cert_from_pem(const char *chain_pem, size_t chain_len, const char *key_pem,
+                                     size_t key_len, CRYPTO_BUFFER_POOL *pool, struct dm_err *err);
+
+struct acme_cert *acme_cert_ref(struct acme_cert *c);
+void acme_cert_unref(struct acme_cert *c);
+
+/* Borrowed views, valid while the caller holds a reference. */
+CRYPTO_BUFFER *const *acme_cert_chain(const struct acme_cert *c, size_t *out_num);
+EVP_PKEY *acme_cert_key(const struct acme_cert *c);
+time_t acme_cert_not_before(const struct acme_cert *c);
+time_t acme_cert_not_after(const struct acme_cert *c);
+
+/* acme_cert_covers tells whether the leaf's SANs cover name (exact or wildcard). */
+bool acme_cert_covers(const struct acme_cert *c, const char *name);
+
+/* The certificate store: name -> certificate. Lookups are safe from every
+ * worker thread concurrently with updates. */
+struct acme_store;
+
+struct acme_store *acme_store_new(void);
+void acme_store_free(struct acme_store *s);
+
+/* acme_store_get finds the certificate for a lower-case SNI name: exact
+ * match first, then the wildcard for its parent ("*.example.com" for
+ * "a.example.com"). Returns a new reference or NULL. */
+struct acme_cert *acme_store_get(struct acme_store *s, const char *name, size_t name_len);
+
+/* acme_store_get_default returns a new reference to the certificate used when
+ * a client sends no SNI (the first configured site), or NULL. */
+struct acme_cert *acme_store_get_default(struct acme_store *s);
+
+/* acme_store_put maps name (exact or "*.x") to cert, replacing any previous
+ * entry atomically; the store takes its own reference. is_default marks the
+ * no-SNI fallback. Returns 0 or -1 (out of memory). */
+int acme_store_put(struct acme_store *s, const char *name, struct acme_cert *cert, bool is_default);
+
+/* acme_store_remove drops name; handshakes holding the old cert keep it. */
+void acme_store_remove(struct acme_store *s, const char *name);
+
+/* acme_store_count returns the number of names mapped. */
+size_t acme_store_count(struct acme_store *s);
+
+/* The embedded local CA: an ECDSA P-256 root created on first use in
+ * <data_dir>/pki/local/ (root.pem, root.key mode 0600), which signs short-lived
+ * leaves for configured names. */
+struct acme_local_ca;
+
+/* acme_local_ca_open loads the root from data_dir, creating it if missing. */
+struct acme_local_ca *acme_local_ca_open(const char *data_dir, struct dm_err *err);
+void acme_local_ca_free(struct acme_local_ca *ca);
+
+/* acme_local_ca_root_path returns the path of the root certificate (PEM). */
+const char *acme_local_ca_root_path(const struct acme_local_ca *ca);
+
+/* acme_local_root_path writes <data_dir>/pki/local/root.pem into buf without
+ * opening anything (for `doorman trust` before the CA exists). */
+int acme_local_root_path(const char *data_dir, char *buf, size_t cap);
+
+/* acme_local_ca_issue makes a new P-256 key and a leaf for names (SANs; the
+ * first is the CN), valid from now-1h to now+lifetime_s, signed by the root.
+ * Returns a new certificate (refs = 1); chain = leaf + root. If out_chain_pem
+ * and out_key_pem are not NULL they receive new PEM strings (caller frees). */
+struct acme_cert *acme_local_ca_issue(struct acme_local_ca *ca, const char *const *names,
+                                      size_t num_names, long lifetime_s, char **out_chain_pem,
+                                      char **out_key_pem, struct dm_err *err);
+
+/* The certificate manager: for each site of a config, gets a certificate
+ * (files: load; local: reuse the stored one or issue a new one), puts it in
+ * the store under every site name, and renews local ones on a timer in base
+ * (the control thread's loop) when a third of their lifetime remains. */
+struct acme_manager;
+
+struct acme_manager *acme_manager_new(struct event_base *base, struct acme_store *store,
+                                      const char *data_dir, struct dm_err *err);
+void acme_manager_free(struct acme_manager *m);
+
+/* acme_manager_apply makes the store serve cfg's sites: loads or issues what
+ * is missing, drops names no longer configured. Runs at startup and on each
+ * reload, before the new config is published. Returns 0 or -1 with err (the
+ * store is left as it was for names that failed). */
+int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_err *err);
+
+/* acme_manager_local_ca returns the manager's local CA (borrowed), opening it
+ * on first use; NULL with err if it cannot be created. */
+struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_err *err);
+
+#endif

@@ -1,0 +1,102 @@
+/* The configuration snapshot's shape, shared by every module that reads it.
+ * A struct cfg is immutable once loaded; it is refcounted (cfg_ref/cfg_unref)
+ * so connections keep the generation they started with across reloads. */
+#ifndef DM_CONFIG_CONFIG_TYPES_H
+#define DM_CONFIG_CONFIG_TYPES_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum cfg_addr_kind {
+    CFG_ADDR_IP = 0,   /* literal IPv4/IPv6 address; ss is filled */
+    CFG_ADDR_HOSTNAME, /* resolved at run time without blocking (evdns) */
+    CFG_ADDR_UNIX,     /* unix socket path */
+};
+
+/* A backend address as written: "127.0.0.1:8080", "[::1]:8080",
+ * "app.internal:8080", "unix:/run/app.sock". */
+struct cfg_addr {
+    enum cfg_addr_kind kind;
+    char *text;      /* owned: as written, for logs */
+    char *host;      /* owned: IP literal (no brackets) or hostname; NULL for unix */
+    uint16_t port;   /* 0 for unix */
+    char *path;      /* owned: unix socket path, else NULL */
+    struct sockaddr_storage ss; /* CFG_ADDR_IP and CFG_ADDR_UNIX */
+    socklen_t ss_len;
+};
+
+enum cfg_tls_source {
+    CFG_TLS_LOCAL = 0, /* doorman's own local CA issues and renews the certificate */
+    CFG_TLS_FILES,     /* a PEM chain and key supplied by the user */
+};
+
+struct cfg_site {
+    char **hosts;      /* owned: lower-case names, exact or "*.example.com" */
+    size_t num_hosts;
+    struct cfg_addr *to; /* owned array: backends (issue 2 uses to[0] and round robin) */
+    size_t num_to;
+    enum cfg_tls_source tls;
+    char *cert_file;   /* owned: CFG_TLS_FILES */
+    char *key_file;    /* owned: CFG_TLS_FILES */
+};
+
+struct cfg_timeouts {
+    uint32_t handshake_ms;  /* TLS handshake */
+    uint32_t header_ms;     /* whole request head (slowloris) */
+    uint32_t idle_ms;       /* keep-alive between requests */
+    uint32_t body_ms;       /* max gap between body reads/writes on either side */
+    uint32_t connect_ms;    /* backend connect */
+    uint32_t response_ms;   /* backend response head after the request was sent */
+    uint32_t shutdown_ms;   /* graceful shutdown deadline */
+};
+
+struct cfg_limits {
+    uint32_t max_line;          /* request line bytes */
+    uint32_t max_headers;       /* number of request fields */
+    uint32_t max_header_bytes;  /* request head bytes */
+    uint32_t max_connections;   /* per process; 0 = unlimited */
+};
+
+struct cfg_cidr {
+    struct sockaddr_storage net; /* AF_INET or AF_INET6, host bits cleared */
+    uint8_t prefix;
+};
+
+enum cfg_log_format {
+    CFG_LOG_TEXT = 0,
+    CFG_LOG_JSON,
+};
+
+struct cfg {
+    atomic_int refs;
+    uint64_t generation;      /* increases with each load in a process */
+
+    char *data_dir;           /* owned: absolute path */
+    char *bind;               /* owned: listen address ("::" = all, dual stack) */
+    uint16_t https_port;      /* default 443 */
+    uint16_t http_port;       /* default 80; 0 disables the plain-HTTP listener */
+    bool redirect_http;       /* plain HTTP answers 308 to https (default true) */
+    uint32_t workers;         /* 0 = one per core */
+
+    struct cfg_timeouts timeouts;
+    struct cfg_limits limits;
+
+    struct cfg_cidr *trusted_proxies; /* owned: whose X-Forwarded-* are kept */
+    size_t num_trusted_proxies;
+
+    int log_level;            /* enum dm_log_level */
+    enum cfg_log_format log_format;
+    char *access_log;         /* owned: "stderr", "off" or a file path */
+    enum cfg_log_format access_log_format;
+
+    uint32_t local_lifetime_s; /* local CA leaf lifetime (default 7 days; renewed with a
+                                  third of it left) */
+
+    struct cfg_site *sites;   /* owned array */
+    size_t num_sites;
+};
+
+#endif

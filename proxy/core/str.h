@@ -1,0 +1,22 @@
+/* Byte-string helpers used by parsers and routing: explicit lengths, ASCII
+ * case folding only (HTTP field names and host names are ASCII). */
+#ifndef DM_CORE_STR_H
+#define DM_CORE_STR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* dm_str_ieq compares two byte strings ASCII-case-insensitively. */
+bool dm_str_ieq(const char *a, size_t a_len, const char *b, size_t b_len);
+
+/* dm_str_ieq_lit compares a byte string with a NUL-terminated literal. */
+bool dm_str_ieq_lit(const char *a, size_t a_len, const char *lit);
+
+/* dm_str_lower copies src (src_len bytes) into dst lower-cased and NUL-terminates
+ * it; returns -1 if it does not fit in dst_cap. */
+int dm_str_lower(char *dst, size_t dst_cap, const char *src, size_t src_len);
+
+/* dm_strdup_n returns a new NUL-terminated copy of s[0..len) or NULL. */
+char *dm_strdup_n(const char *s, size_t len);
+
+#endif
