@@ -1,1 +1,580 @@
-/* placeholder: being written */
+/* The commands behind the doorman executable: run, reverse-proxy, validate,
+ * trust, version. Startup may exit (bad config, port in use); once serving,
+ * the control thread runs its own loop for signals, certificate renewal and
+ * ticket key rotation while workers serve traffic. */
+#include "proxy/cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/base.h>
+
+#include "acme/acme.h"
+#include "config/config.h"
+#include "proxy/core/err.h"
+#include "proxy/core/file.h"
+#include "proxy/core/log.h"
+#include "proxy/proxy.h"
+
+#define TICKET_ROTATE_S 3600
+
+struct control {
+    struct event_base *base;
+    struct acme_store *store;
+    struct acme_manager *mgr;
+    struct cfg *cfg;
+    const char *config_path;   /* NULL for reverse-proxy */
+    const char *data_dir_flag; /* may be NULL */
+    uint32_t shutdown_ms;
+};
+
+static void print_problems(const char *what, const struct cfg_problems *p)
+{
+    for (size_t i = 0; i < p->num_items; i++) {
+        fprintf(stderr, "%s%s%s\n", what ? what : "", what ? ": " : "", p->items[i]);
+    }
+}
+
+static const char *data_dir_override(const char *flag)
+{
+    if (flag != NULL) {
+        return flag;
+    }
+    const char *env = getenv("DOORMAN_DATA_DIR");
+    return env != NULL && env[0] != '\0' ? env : NULL;
+}
+
+static void control_on_stop(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct control *ctl = arg;
+    dm_log(DM_LOG_INFO, "main", "received %s, shutting down (deadline %ums)",
+           sig == SIGINT ? "SIGINT" : "SIGTERM", ctl->shutdown_ms);
+    event_base_loopbreak(ctl->base);
+}
+
+static void control_on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct control *ctl = arg;
+    if (ctl->config_path == NULL) {
+        dm_log(DM_LOG_INFO, "main", "SIGHUP: nothing to reload (no config file)");
+        return;
+    }
+    struct cfg_problems problems = {0};
+    struct cfg *next =
+        cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), &problems);
+    if (next == NULL) {
+        for (size_t i = 0; i < problems.num_items; i++) {
+            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)",
+                   ctl->config_path, problems.items[i]);
+        }
+        cfg_problems_cleanup(&problems);
+        return;
+    }
+    struct dm_err err = {0};
+    if (acme_manager_apply(ctl->mgr, next, &err) != 0 || dm_workers_publish(next, &err) != 0) {
+        dm_log(DM_LOG_ERROR, "reload", "%s (keeping the running config)", err.msg);
+        cfg_unref(next);
+        return;
+    }
+    cfg_unref(ctl->cfg);
+    ctl->cfg = next;
+    ctl->shutdown_ms = next->timeouts.shutdown_ms;
+    dm_log(DM_LOG_INFO, "reload", "config %s reloaded (generation %llu)", ctl->config_path,
+           (unsigned long long)next->generation);
+}
+
+static void control_on_rotate(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    dm_tls_ticket_keys_rotate();
+}
+
+/* serve runs the proxy on cfg (reference taken over) until a stop signal. */
+static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_flag)
+{
+    int rc = 1;
+    struct dm_err err = {0};
+    struct control ctl = {.cfg = cfg,
+                          .config_path = config_path,
+                          .data_dir_flag = data_dir_flag,
+                          .shutdown_ms = cfg->timeouts.shutdown_ms};
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL;
+    bool started = false;
+
+    dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
+    signal(SIGPIPE, SIG_IGN);
+    if (dm_mkdir_p(cfg->data_dir, 0700, &err) != 0) {
+        fprintf(stderr, "doorman: data directory: %s\n", err.msg);
+        goto out;
+    }
+    ctl.base = event_base_new();
+    ctl.store = acme_store_new();
+    if (ctl.base == NULL || ctl.store == NULL) {
+        fprintf(stderr, "doorman: out of memory\n");
+        goto out;
+    }
+    ctl.mgr = acme_manager_new(ctl.base, ctl.store, cfg->data_dir, &err);
+    if (ctl.mgr == NULL || acme_manager_apply(ctl.mgr, cfg, &err) != 0) {
+        fprintf(stderr, "doorman: certificates: %s\n", err.msg);
+        goto out;
+    }
+    if (dm_proxy_init(ctl.store, cfg, &err) != 0) {
+        fprintf(stderr, "doorman: %s\n", err.msg);
+        goto out;
+    }
+    if (dm_workers_start(cfg, &err) != 0) {
+        fprintf(stderr, "doorman: %s\n", err.msg);
+        goto out;
+    }
+    started = true;
+    ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
+    ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
+    ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
+    ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
+    struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
+    event_add(ev_term, NULL);
+    event_add(ev_int, NULL);
+    event_add(ev_hup, NULL);
+    event_add(ev_rot, &rot);
+    dm_log(DM_LOG_INFO, "main", "ready: https on %s port %u, http %s%u, %d workers, data %s",
+           cfg->bind, cfg->https_port, cfg->http_port ? "on port " : "off", cfg->http_port,
+           dm_workers_count(), cfg->data_dir);
+    event_base_dispatch(ctl.base);
+    rc = 0;
+out:
+    if (started) {
+        dm_workers_stop(ctl.shutdown_ms);
+        dm_log(DM_LOG_INFO, "main", "stopped");
+    }
+    dm_proxy_cleanup();
+    if (ev_term) {
+        event_free(ev_term);
+    }
+    if (ev_int) {
+        event_free(ev_int);
+    }
+    if (ev_hup) {
+        event_free(ev_hup);
+    }
+    if (ev_rot) {
+        event_free(ev_rot);
+    }
+    acme_manager_free(ctl.mgr);
+    acme_store_free(ctl.store);
+    if (ctl.base) {
+        event_base_free(ctl.base);
+    }
+    cfg_unref(ctl.cfg);
+    return rc;
+}
+
+/* ---- argument parsing ---- */
+
+enum {
+    OPT_CONFIG = 256,
+    OPT_DATA_DIR,
+    OPT_FROM,
+    OPT_TO,
+    OPT_HTTPS_PORT,
+    OPT_HTTP_PORT,
+    OPT_BIND,
+    OPT_INSTALL,
+    OPT_HELP,
+};
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"data-dir", required_argument, NULL, OPT_DATA_DIR},
+    {"from", required_argument, NULL, OPT_FROM},
+    {"to", required_argument, NULL, OPT_TO},
+    {"https-port", required_argument, NULL, OPT_HTTPS_PORT},
+    {"http-port", required_argument, NULL, OPT_HTTP_PORT},
+    {"bind", required_argument, NULL, OPT_BIND},
+    {"install", no_argument, NULL, OPT_INSTALL},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+struct args {
+    const char *config;
+    const char *data_dir;
+    const char *from;
+    const char *to[64];
+    size_t num_to;
+    int https_port;
+    int http_port;
+    const char *bind;
+    bool install;
+    bool help;
+};
+
+static int parse_port(const char *flag, const char *s, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || end == s || v < 0 || v > 65535) {
+        fprintf(stderr, "doorman: %s: \"%s\" is not a port number (0-65535)\n", flag, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* parse_args accepts only the flags in allowed (a string of OPT_* codes). */
+static int parse_args(int argc, char **argv, const char *cmd, const int *allowed, size_t n_allowed,
+                      struct args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->https_port = -1;
+    a->http_port = -1;
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
+        bool ok = ch == OPT_HELP;
+        for (size_t i = 0; i < n_allowed; i++) {
+            if (allowed[i] == ch) {
+                ok = true;
+            }
+        }
+        if (ch == '?' || ch == ':' || !ok) {
+            const char *bad = argv[optind - 1];
+            fprintf(stderr, "doorman %s: unknown or incomplete option %s (see doorman %s --help)\n",
+                    cmd, bad, cmd);
+            return -1;
+        }
+        switch (ch) {
+        case OPT_CONFIG:
+            a->config = optarg;
+            break;
+        case OPT_DATA_DIR:
+            a->data_dir = optarg;
+            break;
+        case OPT_FROM:
+            a->from = optarg;
+            break;
+        case OPT_TO:
+            if (a->num_to == sizeof(a->to) / sizeof(a->to[0])) {
+                fprintf(stderr, "doorman %s: too many --to\n", cmd);
+                return -1;
+            }
+            a->to[a->num_to++] = optarg;
+            break;
+        case OPT_HTTPS_PORT:
+            if (parse_port("--https-port", optarg, &a->https_port) != 0) {
+                return -1;
+            }
+            break;
+        case OPT_HTTP_PORT:
+            if (parse_port("--http-port", optarg, &a->http_port) != 0) {
+                return -1;
+            }
+            break;
+        case OPT_BIND:
+            a->bind = optarg;
+            break;
+        case OPT_INSTALL:
+            a->install = true;
+            break;
+        case OPT_HELP:
+            a->help = true;
+            break;
+        default:
+            break;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "doorman %s: unexpected argument \"%s\" (see doorman %s --help)\n", cmd,
+                argv[optind], cmd);
+        return -1;
+    }
+    return 0;
+}
+
+static const char run_help[] =
+    "Usage: doorman run --config FILE [--data-dir DIR]\n"
+    "\n"
+    "Runs the sites of a JSON config file (see docs/configuration.md).\n"
+    "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file.\n"
+    "\n"
+    "  --config FILE    the config file (required)\n"
+    "  --data-dir DIR   where certificates and keys live (also DOORMAN_DATA_DIR;\n"
+    "                   default /var/lib/doorman for root, else ~/.local/share/doorman)\n";
+
+static const char rp_help[] =
+    "Usage: doorman reverse-proxy --from NAME --to ADDR [--to ADDR]... [options]\n"
+    "\n"
+    "Serves https://NAME in front of the backend(s) ADDR with a certificate from\n"
+    "doorman's local CA, and redirects plain HTTP to HTTPS.\n"
+    "\n"
+    "  --from NAME        host name to serve (e.g. localhost)\n"
+    "  --to ADDR          backend: host:port, [ipv6]:port or unix:/path (repeatable)\n"
+    "  --https-port N     HTTPS port (default 443)\n"
+    "  --http-port N      plain-HTTP redirect port (default 80; 0 disables it)\n"
+    "  --bind ADDR        listen address (default :: = all)\n"
+    "  --data-dir DIR     data directory (also DOORMAN_DATA_DIR)\n";
+
+static const char validate_help[] =
+    "Usage: doorman validate --config FILE [--data-dir DIR]\n"
+    "\n"
+    "Checks a config without starting anything. Exit 0 if valid; otherwise\n"
+    "prints every problem as \"path: message\" and exits 1.\n";
+
+static const char trust_help[] =
+    "Usage: doorman trust [--data-dir DIR] [--config FILE] [--install]\n"
+    "\n"
+    "Prints the path of the local CA's root certificate (PEM), creating the CA\n"
+    "if needed, e.g.  curl --cacert \"$(doorman trust)\" https://localhost/\n"
+    "\n"
+    "  --install   also add the root to the system trust store\n"
+    "              (/usr/local/share/ca-certificates + update-ca-certificates)\n";
+
+static int cmd_run(int argc, char **argv)
+{
+    static const int allowed[] = {OPT_CONFIG, OPT_DATA_DIR};
+    struct args a;
+    if (parse_args(argc, argv, "run", allowed, 2, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(run_help, stdout);
+        return 0;
+    }
+    if (a.config == NULL) {
+        fprintf(stderr, "doorman run: --config FILE is required\n");
+        return 2;
+    }
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_load_file(a.config, data_dir_override(a.data_dir), &problems);
+    if (cfg == NULL) {
+        print_problems(a.config, &problems);
+        fprintf(stderr, "doorman: config %s is invalid (%zu problem%s)\n", a.config,
+                problems.num_items, problems.num_items == 1 ? "" : "s");
+        cfg_problems_cleanup(&problems);
+        return 1;
+    }
+    return serve(cfg, a.config, a.data_dir);
+}
+
+static int cmd_reverse_proxy(int argc, char **argv)
+{
+    static const int allowed[] = {OPT_FROM,      OPT_TO,   OPT_HTTPS_PORT,
+                                  OPT_HTTP_PORT, OPT_BIND, OPT_DATA_DIR};
+    struct args a;
+    if (parse_args(argc, argv, "reverse-proxy", allowed, 6, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(rp_help, stdout);
+        return 0;
+    }
+    if (a.from == NULL || a.num_to == 0) {
+        fprintf(stderr, "doorman reverse-proxy: --from NAME and --to ADDR are required\n");
+        return 2;
+    }
+    struct cfg_quick q = {.from = a.from,
+                          .to = a.to,
+                          .num_to = a.num_to,
+                          .https_port = a.https_port,
+                          .http_port = a.http_port,
+                          .data_dir = data_dir_override(a.data_dir),
+                          .bind = a.bind};
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_from_quick(&q, &problems);
+    if (cfg == NULL) {
+        print_problems(NULL, &problems);
+        cfg_problems_cleanup(&problems);
+        return 1;
+    }
+    return serve(cfg, NULL, a.data_dir);
+}
+
+static int cmd_validate(int argc, char **argv)
+{
+    static const int allowed[] = {OPT_CONFIG, OPT_DATA_DIR};
+    struct args a;
+    if (parse_args(argc, argv, "validate", allowed, 2, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(validate_help, stdout);
+        return 0;
+    }
+    if (a.config == NULL) {
+        fprintf(stderr, "doorman validate: --config FILE is required\n");
+        return 2;
+    }
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_load_file(a.config, data_dir_override(a.data_dir), &problems);
+    if (cfg == NULL) {
+        print_problems(a.config, &problems);
+        fprintf(stderr, "doorman: config %s is invalid (%zu problem%s)\n", a.config,
+                problems.num_items, problems.num_items == 1 ? "" : "s");
+        cfg_problems_cleanup(&problems);
+        return 1;
+    }
+    fprintf(stderr, "config %s is valid: %zu site%s\n", a.config, cfg->num_sites,
+            cfg->num_sites == 1 ? "" : "s");
+    cfg_unref(cfg);
+    return 0;
+}
+
+static int install_root(const char *root_path)
+{
+    const char *dir = "/usr/local/share/ca-certificates";
+    char dst[PATH_MAX];
+    snprintf(dst, sizeof(dst), "%s/doorman-local-ca.crt", dir);
+    char *pem = NULL;
+    size_t len = 0;
+    struct dm_err err = {0};
+    if (dm_file_read(root_path, 1 << 20, &pem, &len, &err) != 0 || dm_mkdir_p(dir, 0755, &err) != 0 ||
+        dm_file_write_atomic(dst, pem, len, 0644, &err) != 0) {
+        fprintf(stderr, "doorman trust --install: %s\n", err.msg);
+        free(pem);
+        return 1;
+    }
+    free(pem);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1); /* stdout must carry only the path */
+        }
+        execlp("update-ca-certificates", "update-ca-certificates", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+        WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "doorman trust --install: update-ca-certificates failed (package "
+                        "ca-certificates; run as root)\n");
+        return 1;
+    }
+    fprintf(stderr, "installed %s into the system trust store\n", dst);
+    return 0;
+}
+
+static int cmd_trust(int argc, char **argv)
+{
+    static const int allowed[] = {OPT_DATA_DIR, OPT_CONFIG, OPT_INSTALL};
+    struct args a;
+    if (parse_args(argc, argv, "trust", allowed, 3, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(trust_help, stdout);
+        return 0;
+    }
+    char dir[PATH_MAX];
+    const char *override = data_dir_override(a.data_dir);
+    struct cfg *cfg = NULL;
+    if (a.config != NULL) {
+        struct cfg_problems problems = {0};
+        cfg = cfg_load_file(a.config, override, &problems);
+        if (cfg == NULL) {
+            print_problems(a.config, &problems);
+            cfg_problems_cleanup(&problems);
+            return 1;
+        }
+        snprintf(dir, sizeof(dir), "%s", cfg->data_dir);
+        cfg_unref(cfg);
+    } else if (override != NULL) {
+        snprintf(dir, sizeof(dir), "%s", override);
+    } else if (cfg_default_data_dir(dir, sizeof(dir)) != 0) {
+        fprintf(stderr, "doorman trust: cannot determine the data directory; use --data-dir\n");
+        return 1;
+    }
+    struct dm_err err = {0};
+    if (dm_mkdir_p(dir, 0700, &err) != 0) {
+        fprintf(stderr, "doorman trust: %s\n", err.msg);
+        return 1;
+    }
+    struct acme_local_ca *ca = acme_local_ca_open(dir, &err);
+    if (ca == NULL) {
+        fprintf(stderr, "doorman trust: local CA: %s\n", err.msg);
+        return 1;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s", acme_local_ca_root_path(ca));
+    acme_local_ca_free(ca);
+    if (path[0] != '/') {
+        char cwd[PATH_MAX], abs[PATH_MAX];
+        if (getcwd(cwd, sizeof(cwd)) != NULL &&
+            snprintf(abs, sizeof(abs), "%s/%s", cwd, path) < (int)sizeof(abs)) {
+            snprintf(path, sizeof(path), "%s", abs);
+        }
+    }
+    printf("%s\n", path);
+    fflush(stdout);
+    return a.install ? install_root(path) : 0;
+}
+
+static int cmd_version(void)
+{
+    printf("doorman %s (BoringSSL API %d, libevent %s, nghttp2 %s, jansson %s)\n", DM_VERSION,
+           BORINGSSL_API_VERSION, event_get_version(), nghttp2_version(0)->version_str,
+           JANSSON_VERSION);
+    return 0;
+}
+
+static const char main_help[] =
+    "doorman: a TLS-terminating reverse proxy with automatic certificates\n"
+    "\n"
+    "Usage: doorman <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  run            run a JSON config (doorman run --config doorman.json)\n"
+    "  reverse-proxy  one site in front of a backend, no config file\n"
+    "  validate       check a config file and report every problem\n"
+    "  trust          print the path of the local CA root certificate\n"
+    "  version        print the version\n"
+    "\n"
+    "Run 'doorman <command> --help' for a command's options.\n";
+
+int dm_cli_main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(main_help, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(main_help, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        return cmd_version();
+    }
+    if (strcmp(cmd, "run") == 0) {
+        return cmd_run(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "reverse-proxy") == 0) {
+        return cmd_reverse_proxy(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "validate") == 0) {
+        return cmd_validate(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "trust") == 0) {
+        return cmd_trust(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
+    return 2;
+}

@@ -1,1 +1,1157 @@
-/* placeholder: being written */
+/* Client connections: TLS handshake, HTTP/1.1 request heads, request bodies
+ * streamed to the backend, responses streamed back, keep-alive, pipelining
+ * (one request at a time, answered in order), upgrades, timeouts and
+ * lingering close. One connection belongs to one worker loop; it is freed only
+ * when no callback frame holds it (refs). See docs/architecture.md. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "proxy/core/log.h"
+#include "proxy/core/str.h"
+#include "proxy/core/time.h"
+#include "proxy/proxy_int.h"
+
+/* Bytes read from one side per wakeup, so one busy connection cannot starve
+ * the others of its worker. */
+#define CONN_READ_BUDGET (256 * 1024)
+#define CONN_READ_CHUNK 16384
+/* How long a closing connection discards late input so that its last
+ * response is not destroyed by a TCP reset (unread data at close). */
+#define CONN_LINGER_MS 2000
+
+static void conn_on_read(evutil_socket_t fd, short what, void *arg);
+static void conn_on_write(evutil_socket_t fd, short what, void *arg);
+static void conn_on_timer(evutil_socket_t fd, short what, void *arg);
+static void conn_process(struct dm_conn *c);
+static void conn_flush(struct dm_conn *c);
+static void conn_close(struct dm_conn *c);
+
+static void conn_hold(struct dm_conn *c)
+{
+    c->refs++;
+}
+
+static void conn_release(struct dm_conn *c)
+{
+    if (--c->refs == 0 && c->closed) {
+        free(c->headers);
+        free(c);
+    }
+}
+
+static void conn_set_timer(struct dm_conn *c, uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(&c->timer, &tv);
+}
+
+static void conn_pause_read(struct dm_conn *c)
+{
+    if (!c->read_paused) {
+        c->read_paused = true;
+        event_del(&c->rev);
+    }
+}
+
+static void conn_resume_read(struct dm_conn *c)
+{
+    if (c->read_paused && !c->closed) {
+        c->read_paused = false;
+        event_add(&c->rev, NULL);
+        /* TLS may hold decrypted bytes the socket no longer signals. */
+        if (c->ssl != NULL && SSL_pending(c->ssl) > 0) {
+            event_active(&c->rev, EV_READ, 0);
+        }
+    }
+}
+
+static bool peer_is_trusted(const struct cfg *cfg, const struct sockaddr_storage *ss)
+{
+    for (size_t i = 0; i < cfg->num_trusted_proxies; i++) {
+        const struct cfg_cidr *n = &cfg->trusted_proxies[i];
+        const uint8_t *a = NULL, *b = NULL;
+        size_t bits = n->prefix;
+        uint8_t mapped[4];
+        if (ss->ss_family == AF_INET && n->net.ss_family == AF_INET) {
+            a = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+            b = (const uint8_t *)&((const struct sockaddr_in *)&n->net)->sin_addr;
+        } else if (ss->ss_family == AF_INET6 && n->net.ss_family == AF_INET6) {
+            a = (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+            b = (const uint8_t *)&((const struct sockaddr_in6 *)&n->net)->sin6_addr;
+        } else if (ss->ss_family == AF_INET6 && n->net.ss_family == AF_INET &&
+                   IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)ss)->sin6_addr)) {
+            memcpy(mapped, ((const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr) + 12,
+                   4);
+            a = mapped;
+            b = (const uint8_t *)&((const struct sockaddr_in *)&n->net)->sin_addr;
+        } else {
+            continue;
+        }
+        size_t full = bits / 8, rest = bits % 8;
+        if (memcmp(a, b, full) != 0) {
+            continue;
+        }
+        if (rest != 0) {
+            uint8_t mask = (uint8_t)(0xff << (8 - rest));
+            if ((a[full] & mask) != (b[full] & mask)) {
+                continue;
+            }
+        }
+        return true;
+    }
+    return false;
+}
+
+static void format_peer(struct dm_conn *c)
+{
+    if (c->peer.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&c->peer)->sin_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+    } else if (c->peer.ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&c->peer)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            inet_ntop(AF_INET, (const uint8_t *)a6 + 12, c->peer_ip, sizeof(c->peer_ip));
+        } else {
+            inet_ntop(AF_INET6, a6, c->peer_ip, sizeof(c->peer_ip));
+        }
+    } else {
+        snprintf(c->peer_ip, sizeof(c->peer_ip), "unix");
+    }
+}
+
+void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len,
+                    bool is_tls)
+{
+    struct dm_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->headers = calloc(w->gen->max_headers, sizeof(*c->headers));
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    if (c->headers == NULL || c->in == NULL || c->out == NULL) {
+        goto fail;
+    }
+    c->id = atomic_fetch_add(&dm_proxy_g.next_conn_id, 1) + 1;
+    c->w = w;
+    c->gen = dm_gen_ref(w->gen);
+    c->fd = fd;
+    if (sa_len <= sizeof(c->peer)) {
+        memcpy(&c->peer, sa, sa_len);
+        c->peer_len = sa_len;
+    }
+    format_peer(c);
+    c->peer_trusted = peer_is_trusted(c->gen->cfg, &c->peer);
+    c->refs = 1;
+    event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, conn_on_read, c);
+    event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, conn_on_write, c);
+    evtimer_assign(&c->timer, w->base, conn_on_timer, c);
+    c->next = w->conns;
+    if (w->conns != NULL) {
+        w->conns->prev = c;
+    }
+    w->conns = c;
+    w->num_conns++;
+    atomic_fetch_add(&dm_proxy_g.num_conns, 1);
+
+    if (is_tls) {
+        c->ssl = SSL_new(dm_proxy_g.ssl_ctx);
+        if (c->ssl == NULL || !SSL_set_fd(c->ssl, fd)) {
+            dm_err_set_tls(NULL, "SSL_new");
+            conn_close(c);
+            conn_release(c);
+            return;
+        }
+        SSL_set_ex_data(c->ssl, dm_tls_conn_index, c);
+        SSL_set_accept_state(c->ssl);
+        /* Drops handshake-only configuration once done: smaller idle connections. */
+        SSL_set_shed_handshake_config(c->ssl, 1);
+        c->state = DM_CONN_HANDSHAKE;
+        conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
+    } else {
+        c->state = DM_CONN_IDLE;
+        conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
+    }
+    event_add(&c->rev, NULL);
+    /* With TCP_DEFER_ACCEPT the first flight is usually already here. */
+    conn_on_read(fd, EV_READ, c);
+    conn_release(c);
+    return;
+fail:
+    free(c->headers);
+    if (c->in != NULL) {
+        evbuffer_free(c->in);
+    }
+    if (c->out != NULL) {
+        evbuffer_free(c->out);
+    }
+    free(c);
+    close(fd);
+}
+
+static void conn_close(struct dm_conn *c)
+{
+    if (c->closed) {
+        return;
+    }
+    c->closed = true;
+    if (c->up != NULL) {
+        dm_upstream_detach(c->up, false);
+        c->up = NULL;
+    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    evtimer_del(&c->timer);
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    close(c->fd);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    c->in = c->out = NULL;
+    struct dm_worker *w = c->w;
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        w->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    w->num_conns--;
+    atomic_fetch_sub(&dm_proxy_g.num_conns, 1);
+    dm_gen_unref(c->gen);
+    c->gen = NULL;
+    if (w->draining && w->num_conns == 0) {
+        event_base_loopexit(w->base, NULL);
+    }
+    conn_release(c);
+}
+
+/* conn_finish closes now if nothing is left to send, else after the flush
+ * (with a lingering read so the peer sees the response, RFC 9112 §9.6). */
+static void conn_finish(struct dm_conn *c)
+{
+    c->state = DM_CONN_CLOSING;
+    c->keep_alive = false;
+    conn_flush(c);
+}
+
+void dm_conn_force_close(struct dm_conn *c)
+{
+    conn_close(c);
+}
+
+void dm_conn_drain(struct dm_conn *c)
+{
+    switch (c->state) {
+    case DM_CONN_HANDSHAKE:
+    case DM_CONN_IDLE:
+        conn_close(c);
+        break;
+    case DM_CONN_HEAD:
+    case DM_CONN_PROXY:
+        c->want_close = true;
+        break;
+    case DM_CONN_TUNNEL:
+    case DM_CONN_CLOSING:
+        break;
+    }
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Error";
+    }
+}
+
+/* conn_respond writes a complete short response made by the proxy itself. */
+static void conn_respond(struct dm_conn *c, int status, const char *extra_headers,
+                         const char *body, bool close_after)
+{
+    if (c->want_close || !c->keep_alive) {
+        close_after = true;
+    }
+    size_t body_len = strlen(body);
+    evbuffer_add_printf(c->out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %zu\r\n%s%s\r\n",
+                        status, status_text(status), body_len, extra_headers ? extra_headers : "",
+                        close_after ? "Connection: close\r\n" : "");
+    if (!c->is_head) {
+        evbuffer_add(c->out, body, body_len);
+    }
+    c->status = status;
+    c->resp_started = true;
+    c->resp_bytes = body_len;
+    dm_access_log(c);
+    if (close_after) {
+        conn_finish(c);
+        return;
+    }
+    c->state = DM_CONN_IDLE;
+    conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+    conn_flush(c);
+}
+
+static void conn_reset_request(struct dm_conn *c)
+{
+    dm_http1_parser_init(&c->parser);
+    memset(&c->msg, 0, sizeof(c->msg));
+    c->msg.headers = c->headers;
+    c->req_body_left = 0;
+    c->req_body_done = false;
+    c->resp_started = false;
+    c->is_head = false;
+    c->dechunk = false;
+    c->status = 0;
+    c->resp_bytes = 0;
+    c->method[0] = c->host[0] = c->path[0] = '\0';
+    c->site = NULL;
+    c->backend = NULL;
+}
+
+/* conn_parse_error answers a malformed head and closes (never resync). */
+static void conn_parse_error(struct dm_conn *c)
+{
+    int status = c->msg.error_status ? c->msg.error_status : 400;
+    DM_LOG_DBG("http", "c=%llu %s: %d %s", (unsigned long long)c->id, c->peer_ip, status,
+               c->msg.error ? c->msg.error : "bad request");
+    char body[160];
+    snprintf(body, sizeof(body), "%d %s\n", status, status_text(status));
+    conn_respond(c, status, NULL, body, true);
+}
+
+static bool is_hop_by_hop(const struct dm_http1_header *h, const struct dm_http1_msg *m)
+{
+    static const char *const names[] = {"connection",        "keep-alive",        "proxy-connection",
+                                        "te",                "trailer",           "transfer-encoding",
+                                        "upgrade",           "content-length"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (dm_str_ieq_lit(h->name, h->name_len, names[i])) {
+            return true;
+        }
+    }
+    /* Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1). */
+    if (m->known.connection >= 0) {
+        for (size_t k = 0; k < m->num_headers; k++) {
+            const struct dm_http1_header *ch = &m->headers[k];
+            if (!dm_str_ieq_lit(ch->name, ch->name_len, "connection")) {
+                continue;
+            }
+            const char *p = ch->value, *end = ch->value + ch->value_len;
+            while (p < end) {
+                while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
+                    p++;
+                }
+                const char *t = p;
+                while (p < end && *p != ',' && *p != ' ' && *p != '\t') {
+                    p++;
+                }
+                if (p > t && dm_str_ieq(h->name, h->name_len, t, (size_t)(p - t))) {
+                    return true;
+                }
+            }
+        }
+    }
+    return false;
+}
+
+/* host_from_request extracts the lower-case host (no port) from Host or an
+ * absolute-form target. Returns 0, or -1 if it is malformed or too long. */
+static int host_from_request(struct dm_conn *c, const char **out_raw, size_t *out_raw_len)
+{
+    const char *h = NULL;
+    size_t len = 0;
+    const struct dm_http1_msg *m = &c->msg;
+    if (m->target_len > 8 && (dm_str_ieq(m->target, 7, "http://", 7) ||
+                              dm_str_ieq(m->target, 8, "https://", 8))) {
+        const char *p = memchr(m->target, '/', m->target_len);
+        p += 2;
+        const char *end = m->target + m->target_len;
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        h = p;
+        len = (size_t)((slash ? slash : end) - p);
+    } else if (m->known.host >= 0) {
+        h = m->headers[m->known.host].value;
+        len = m->headers[m->known.host].value_len;
+    }
+    *out_raw = h;
+    *out_raw_len = len;
+    if (h == NULL || len == 0) {
+        c->host[0] = '\0';
+        return 0;
+    }
+    size_t hl = len;
+    if (h[0] == '[') {
+        const char *rb = memchr(h, ']', len);
+        if (rb == NULL) {
+            return -1;
+        }
+        hl = (size_t)(rb - h) + 1;
+        /* Route IPv6 literals without brackets, as configured. */
+        if (hl - 2 >= sizeof(c->host)) {
+            return -1;
+        }
+        return dm_str_lower(c->host, sizeof(c->host), h + 1, hl - 2);
+    }
+    const char *colon = memchr(h, ':', len);
+    if (colon != NULL) {
+        hl = (size_t)(colon - h);
+    }
+    if (hl > 0 && h[hl - 1] == '.') {
+        hl--;
+    }
+    return dm_str_lower(c->host, sizeof(c->host), h, hl);
+}
+
+static void conn_redirect(struct dm_conn *c, const char *raw_host, size_t raw_host_len)
+{
+    (void)raw_host;
+    (void)raw_host_len;
+    const struct cfg *cfg = c->gen->cfg;
+    char loc[1024];
+    const char *target = c->msg.target;
+    size_t target_len = c->msg.target_len;
+    if (target_len == 0 || target[0] != '/') {
+        target = "/";
+        target_len = 1;
+    }
+    bool v6 = strchr(c->host, ':') != NULL;
+    char port[8] = "";
+    if (cfg->https_port != 443) {
+        snprintf(port, sizeof(port), ":%u", cfg->https_port);
+    }
+    int n = snprintf(loc, sizeof(loc), "Location: https://%s%s%s%s%.*s\r\n", v6 ? "[" : "",
+                     c->host, v6 ? "]" : "", port, (int)target_len, target);
+    if (n < 0 || (size_t)n >= sizeof(loc)) {
+        conn_respond(c, 414, NULL, "414 URI Too Long\n", true);
+        return;
+    }
+    conn_respond(c, 308, loc, "", c->msg.body != DM_HTTP1_BODY_NONE);
+}
+
+/* conn_build_upstream_head writes the request head for the backend:
+ * hop-by-hop fields removed (RFC 9110 §7.6.1), X-Forwarded-* set, framing
+ * re-stated, origin-form target. */
+static void conn_build_upstream_head(struct dm_conn *c, struct evbuffer *hb, const char *raw_host,
+                                     size_t raw_host_len)
+{
+    const struct dm_http1_msg *m = &c->msg;
+    const char *target = m->target;
+    size_t target_len = m->target_len;
+    if (target_len > 0 && target[0] != '/' && target[0] != '*' &&
+        (dm_str_ieq(target, 7 < target_len ? 7 : target_len, "http://", 7) ||
+         dm_str_ieq(target, 8 < target_len ? 8 : target_len, "https://", 8))) {
+        const char *p = memchr(target, '/', target_len) + 2;
+        const char *end = target + target_len;
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        if (slash != NULL) {
+            target = slash;
+            target_len = (size_t)(end - slash);
+        } else {
+            target = "/";
+            target_len = 1;
+        }
+    }
+    evbuffer_add(hb, m->method, m->method_len);
+    evbuffer_add(hb, " ", 1);
+    evbuffer_add(hb, target, target_len);
+    evbuffer_add(hb, " HTTP/1.1\r\n", 11);
+
+    const char *prior_xff = NULL;
+    size_t prior_xff_len = 0;
+    bool has_host = false;
+    for (size_t i = 0; i < m->num_headers; i++) {
+        const struct dm_http1_header *h = &m->headers[i];
+        if (h->name_len >= 11 && (h->name[0] == 'x' || h->name[0] == 'X') &&
+            dm_str_ieq(h->name, 12 <= h->name_len ? 12 : h->name_len, "x-forwarded-", 12)) {
+            if (c->peer_trusted && dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
+                prior_xff = h->value;
+                prior_xff_len = h->value_len;
+            }
+            /* Untrusted clients cannot set what the backend believes. */
+            if (!c->peer_trusted || !dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
+                if (!c->peer_trusted) {
+                    continue;
+                }
+                if (dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-proto") ||
+                    dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-host")) {
+                    continue;
+                }
+            } else {
+                continue;
+            }
+        }
+        if (is_hop_by_hop(h, m)) {
+            continue;
+        }
+        if ((int)i == m->known.host) {
+            has_host = true;
+        }
+        evbuffer_add(hb, h->name, h->name_len);
+        evbuffer_add(hb, ": ", 2);
+        evbuffer_add(hb, h->value, h->value_len);
+        evbuffer_add(hb, "\r\n", 2);
+    }
+    if (!has_host && raw_host != NULL) {
+        evbuffer_add(hb, "Host: ", 6);
+        evbuffer_add(hb, raw_host, raw_host_len);
+        evbuffer_add(hb, "\r\n", 2);
+    }
+    if (prior_xff != NULL) {
+        evbuffer_add_printf(hb, "X-Forwarded-For: %.*s, %s\r\n", (int)prior_xff_len, prior_xff,
+                            c->peer_ip);
+    } else {
+        evbuffer_add_printf(hb, "X-Forwarded-For: %s\r\n", c->peer_ip);
+    }
+    evbuffer_add_printf(hb, "X-Forwarded-Proto: %s\r\n", c->ssl != NULL ? "https" : "http");
+    if (raw_host != NULL) {
+        evbuffer_add(hb, "X-Forwarded-Host: ", 18);
+        evbuffer_add(hb, raw_host, raw_host_len);
+        evbuffer_add(hb, "\r\n", 2);
+    }
+    if (m->body == DM_HTTP1_BODY_LENGTH) {
+        evbuffer_add_printf(hb, "Content-Length: %llu\r\n", (unsigned long long)m->content_length);
+    } else if (m->body == DM_HTTP1_BODY_CHUNKED) {
+        evbuffer_add(hb, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    if (m->is_upgrade) {
+        const struct dm_http1_header *u = &m->headers[m->known.upgrade];
+        evbuffer_add(hb, "Connection: upgrade\r\nUpgrade: ", 30);
+        evbuffer_add(hb, u->value, u->value_len);
+        evbuffer_add(hb, "\r\n", 2);
+    }
+    evbuffer_add(hb, "\r\n", 2);
+}
+
+/* conn_forward_body moves request body bytes from the client to the backend
+ * without copying (evbuffer chains move), checking chunked framing. */
+static void conn_forward_body(struct dm_conn *c)
+{
+    if (c->req_body_done || c->up == NULL) {
+        return;
+    }
+    struct evbuffer *out = dm_upstream_output(c->up);
+    if (out == NULL) {
+        return;
+    }
+    size_t avail = evbuffer_get_length(c->in);
+    if (c->msg.body == DM_HTTP1_BODY_LENGTH) {
+        size_t n = avail < c->req_body_left ? avail : (size_t)c->req_body_left;
+        if (n > 0) {
+            evbuffer_remove_buffer(c->in, out, n);
+            c->req_body_left -= n;
+        }
+        if (c->req_body_left == 0) {
+            c->req_body_done = true;
+        }
+    } else if (c->msg.body == DM_HTTP1_BODY_CHUNKED) {
+        size_t consumed = 0;
+        struct evbuffer_iovec vec[8];
+        int nvec = evbuffer_peek(c->in, -1, NULL, vec, 8);
+        for (int i = 0; i < nvec && i < 8 && c->req_chunked.state != DM_CHUNK_DONE; i++) {
+            const char *p = vec[i].iov_base;
+            size_t left = vec[i].iov_len;
+            while (left > 0 && c->req_chunked.state != DM_CHUNK_DONE) {
+                const char *data;
+                size_t data_len;
+                ssize_t n = dm_http1_chunked_step(&c->req_chunked, p, left, &data, &data_len);
+                if (n == DM_PARSE_ERROR) {
+                    DM_LOG_DBG("http", "c=%llu bad chunked request body",
+                               (unsigned long long)c->id);
+                    dm_upstream_detach(c->up, false);
+                    c->up = NULL;
+                    if (!c->resp_started) {
+                        c->msg.error_status = 400;
+                        c->msg.error = "bad chunked body";
+                        conn_parse_error(c);
+                    } else {
+                        conn_close(c);
+                    }
+                    return;
+                }
+                if (n == 0) {
+                    break;
+                }
+                p += n;
+                left -= (size_t)n;
+                consumed += (size_t)n;
+            }
+        }
+        if (consumed > 0) {
+            evbuffer_remove_buffer(c->in, out, consumed);
+        }
+        if (c->req_chunked.state == DM_CHUNK_DONE) {
+            c->req_body_done = true;
+        }
+    } else {
+        c->req_body_done = true;
+    }
+    if (c->req_body_done) {
+        dm_upstream_request_done(c->up);
+    }
+    dm_upstream_kick(c->up);
+}
+
+static void conn_start_request(struct dm_conn *c, size_t head_len)
+{
+    const struct dm_http1_msg *m = &c->msg;
+    const struct cfg *cfg = c->gen->cfg;
+    c->req_start_us = dm_time_mono_us();
+    size_t ml = m->method_len < sizeof(c->method) - 1 ? m->method_len : sizeof(c->method) - 1;
+    memcpy(c->method, m->method, ml);
+    c->method[ml] = '\0';
+    size_t pl = m->target_len < sizeof(c->path) - 1 ? m->target_len : sizeof(c->path) - 1;
+    memcpy(c->path, m->target, pl);
+    c->path[pl] = '\0';
+    c->is_head = dm_str_ieq_lit(m->method, m->method_len, "HEAD");
+    c->is_http10 = m->version_minor == 0;
+    c->keep_alive = m->keep_alive && !c->want_close && !c->w->draining;
+    c->req_body_left = m->body == DM_HTTP1_BODY_LENGTH ? m->content_length : 0;
+    dm_http1_chunked_init(&c->req_chunked);
+
+    const char *raw_host;
+    size_t raw_host_len;
+    if (host_from_request(c, &raw_host, &raw_host_len) != 0) {
+        evbuffer_drain(c->in, head_len);
+        c->msg.error_status = 400;
+        c->msg.error = "bad host";
+        conn_parse_error(c);
+        return;
+    }
+    bool has_body = m->body != DM_HTTP1_BODY_NONE;
+
+    if (c->ssl == NULL && cfg->redirect_http) {
+        evbuffer_drain(c->in, head_len);
+        if (c->host[0] == '\0') {
+            conn_respond(c, 400, NULL, "400 Bad Request: no Host\n", true);
+            return;
+        }
+        conn_redirect(c, raw_host, raw_host_len);
+        return;
+    }
+    c->site = c->host[0] ? dm_route_find(c->gen->route, c->host, strlen(c->host)) : NULL;
+    if (c->site == NULL) {
+        evbuffer_drain(c->in, head_len);
+        conn_respond(c, 404, NULL, "404 Not Found: no site for this host\n", has_body);
+        return;
+    }
+    /* A connection authenticated for one site must not reach another
+     * (RFC 9110 §7.4: answer 421 so the client retries on a new connection). */
+    if (c->ssl != NULL && c->sni[0] != '\0' && c->sni_site != c->site) {
+        evbuffer_drain(c->in, head_len);
+        conn_respond(c, 421, NULL, "421 Misdirected Request\n", has_body);
+        return;
+    }
+    const struct cfg_site *s = c->site;
+    const struct cfg_addr *addr = &s->to[s->num_to > 1 ? c->w->rr++ % s->num_to : 0];
+    c->backend = addr->text;
+
+    struct evbuffer *hb = evbuffer_new();
+    if (hb == NULL) {
+        conn_close(c);
+        return;
+    }
+    conn_build_upstream_head(c, hb, raw_host, raw_host_len);
+    evbuffer_drain(c->in, head_len);
+    c->state = DM_CONN_PROXY;
+    evtimer_del(&c->timer);
+    if (dm_upstream_start(c, addr, hb) != 0) {
+        evbuffer_free(hb);
+        conn_respond(c, 502, NULL, "502 Bad Gateway\n", true);
+        return;
+    }
+    evbuffer_free(hb);
+    if (has_body) {
+        conn_set_timer(c, cfg->timeouts.body_ms);
+    }
+    conn_forward_body(c);
+}
+
+static void conn_process(struct dm_conn *c)
+{
+    while (!c->closed) {
+        switch (c->state) {
+        case DM_CONN_HANDSHAKE:
+        case DM_CONN_CLOSING:
+            return;
+        case DM_CONN_IDLE:
+            if (evbuffer_get_length(c->in) == 0) {
+                return;
+            }
+            conn_reset_request(c);
+            c->state = DM_CONN_HEAD;
+            conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
+            break;
+        case DM_CONN_HEAD: {
+            size_t len = evbuffer_get_length(c->in);
+            const struct dm_http1_limits *lim = &c->gen->req_limits;
+            size_t want = len < lim->max_header_bytes + 4 ? len : lim->max_header_bytes + 4;
+            const char *data = (const char *)evbuffer_pullup(c->in, (ssize_t)want);
+            ssize_t n = dm_http1_parse_request(&c->parser, &c->msg, data, want, lim);
+            if (n == DM_PARSE_AGAIN) {
+                if (c->eof) {
+                    conn_close(c);
+                }
+                return;
+            }
+            if (n == DM_PARSE_ERROR) {
+                c->keep_alive = false;
+                conn_parse_error(c);
+                return;
+            }
+            conn_start_request(c, (size_t)n);
+            if (c->state == DM_CONN_IDLE) {
+                continue; /* answered locally and kept alive: next pipelined request */
+            }
+            return;
+        }
+        case DM_CONN_PROXY:
+            conn_forward_body(c);
+            if (!c->closed && c->state == DM_CONN_PROXY && c->req_body_done &&
+                evbuffer_get_length(c->in) > DM_PIPELINE_MAX) {
+                conn_pause_read(c);
+            }
+            return;
+        case DM_CONN_TUNNEL: {
+            struct evbuffer *out = c->up ? dm_upstream_output(c->up) : NULL;
+            if (out != NULL && evbuffer_get_length(c->in) > 0) {
+                evbuffer_add_buffer(out, c->in);
+                dm_upstream_kick(c->up);
+            }
+            if (c->eof) {
+                conn_finish(c);
+            }
+            return;
+        }
+        }
+    }
+}
+
+/* conn_read_socket reads what is available into c->in. Returns bytes read,
+ * and sets c->eof on end of stream or error. */
+static size_t conn_read_socket(struct dm_conn *c)
+{
+    size_t total = 0;
+    while (total < CONN_READ_BUDGET) {
+        if (c->ssl != NULL) {
+            struct evbuffer_iovec vec;
+            if (evbuffer_reserve_space(c->in, CONN_READ_CHUNK, &vec, 1) < 1) {
+                c->eof = true;
+                break;
+            }
+            int n = SSL_read(c->ssl, vec.iov_base, (int)vec.iov_len);
+            if (n > 0) {
+                vec.iov_len = (size_t)n;
+                evbuffer_commit_space(c->in, &vec, 1);
+                total += (size_t)n;
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, n);
+            if (e == SSL_ERROR_WANT_READ) {
+                break;
+            }
+            if (e == SSL_ERROR_WANT_WRITE) {
+                event_add(&c->wev, NULL);
+                break;
+            }
+            ERR_clear_error();
+            c->eof = true;
+            break;
+        }
+        int n = evbuffer_read(c->in, c->fd, CONN_READ_CHUNK);
+        if (n > 0) {
+            total += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            break;
+        }
+        c->eof = true;
+        break;
+    }
+    return total;
+}
+
+static void conn_handshake(struct dm_conn *c)
+{
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->state = DM_CONN_IDLE;
+        conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        return;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        event_add(&c->wev, NULL);
+        return;
+    }
+    if (dm_log_enabled(DM_LOG_DEBUG)) {
+        struct dm_err err;
+        dm_err_set_tls(&err, "handshake");
+        DM_LOG_DBG("tls", "c=%llu %s sni=%s: %s", (unsigned long long)c->id, c->peer_ip,
+                   c->sni[0] ? c->sni : "-", err.msg);
+    } else {
+        ERR_clear_error();
+    }
+    conn_close(c);
+}
+
+static void conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dm_conn *c = arg;
+    conn_hold(c);
+    if (c->state == DM_CONN_HANDSHAKE) {
+        conn_handshake(c);
+        if (c->closed || c->state == DM_CONN_HANDSHAKE) {
+            goto out;
+        }
+    }
+    if (c->lingering) {
+        char junk[4096];
+        ssize_t n;
+        while ((n = read(c->fd, junk, sizeof(junk))) > 0) {
+        }
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            conn_close(c);
+        }
+        goto out;
+    }
+    size_t n = conn_read_socket(c);
+    if (n > 0 && c->state == DM_CONN_PROXY && !c->req_body_done) {
+        conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+    }
+    conn_process(c);
+    if (!c->closed && c->eof) {
+        if (c->state == DM_CONN_IDLE || c->state == DM_CONN_HEAD) {
+            conn_close(c);
+        } else if (c->state == DM_CONN_PROXY && !c->req_body_done) {
+            /* The client went away mid-body: nothing useful can follow. */
+            conn_close(c);
+        } else {
+            event_del(&c->rev);
+        }
+    }
+out:
+    conn_release(c);
+}
+
+static void conn_start_linger(struct dm_conn *c)
+{
+    if (c->ssl != NULL) {
+        SSL_shutdown(c->ssl); /* close_notify, best effort */
+    }
+    shutdown(c->fd, SHUT_WR);
+    c->lingering = true;
+    event_del(&c->wev);
+    if (c->eof) {
+        conn_close(c);
+        return;
+    }
+    c->read_paused = false;
+    event_add(&c->rev, NULL);
+    conn_set_timer(c, CONN_LINGER_MS);
+}
+
+static void conn_flush(struct dm_conn *c)
+{
+    if (c->closed || c->lingering) {
+        return;
+    }
+    while (evbuffer_get_length(c->out) > 0) {
+        if (c->ssl != NULL) {
+            size_t total = evbuffer_get_length(c->out);
+            struct evbuffer_iovec vec;
+            evbuffer_peek(c->out, -1, NULL, &vec, 1);
+            /* Coalesce small pieces (a head and the start of a body) into one
+             * TLS record instead of several. */
+            if (vec.iov_len < CONN_READ_CHUNK && total > vec.iov_len) {
+                size_t want = total < CONN_READ_CHUNK ? total : CONN_READ_CHUNK;
+                vec.iov_base = evbuffer_pullup(c->out, (ssize_t)want);
+                vec.iov_len = want;
+            }
+            int n = SSL_write(c->ssl, vec.iov_base, (int)vec.iov_len);
+            if (n > 0) {
+                evbuffer_drain(c->out, (size_t)n);
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, n);
+            if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                event_add(&c->wev, NULL);
+                return;
+            }
+            ERR_clear_error();
+            conn_close(c);
+            return;
+        }
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                event_add(&c->wev, NULL);
+                return;
+            }
+            conn_close(c);
+            return;
+        }
+    }
+    event_del(&c->wev);
+    if (c->state == DM_CONN_CLOSING) {
+        conn_start_linger(c);
+        return;
+    }
+    if (c->up != NULL && (c->state == DM_CONN_PROXY || c->state == DM_CONN_TUNNEL)) {
+        dm_upstream_resume(c->up);
+    }
+}
+
+static void conn_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dm_conn *c = arg;
+    conn_hold(c);
+    if (c->state == DM_CONN_HANDSHAKE) {
+        event_del(&c->wev);
+        conn_handshake(c);
+        if (!c->closed && c->state != DM_CONN_HANDSHAKE) {
+            conn_process(c);
+        }
+    } else {
+        size_t before = evbuffer_get_length(c->out);
+        conn_flush(c);
+        if (!c->closed && c->state == DM_CONN_PROXY && c->resp_started &&
+            evbuffer_get_length(c->out) < before) {
+            conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+        }
+    }
+    conn_release(c);
+}
+
+static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dm_conn *c = arg;
+    conn_hold(c);
+    switch (c->state) {
+    case DM_CONN_HEAD:
+        DM_LOG_DBG("http", "c=%llu %s: request head timeout", (unsigned long long)c->id,
+                   c->peer_ip);
+        c->keep_alive = false;
+        conn_respond(c, 408, NULL, "408 Request Timeout\n", true);
+        break;
+    case DM_CONN_PROXY:
+        DM_LOG_DBG("http", "c=%llu %s: client body timeout", (unsigned long long)c->id,
+                   c->peer_ip);
+        conn_close(c);
+        break;
+    default:
+        conn_close(c);
+        break;
+    }
+    conn_release(c);
+}
+
+/* ---- called by upstream.c ---- */
+
+void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
+                              struct evbuffer *resp_buf, size_t head_len)
+{
+    if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
+        /* Interim responses: 100 only to a client that asked (and speaks 1.1). */
+        if (resp->status == 100 && c->msg.expect_continue && !c->is_http10) {
+            evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            conn_flush(c);
+        }
+        evbuffer_drain(resp_buf, head_len);
+        return;
+    }
+    c->status = resp->status;
+    c->resp_started = true;
+    if (resp->status == 101) {
+        /* Upgrade accepted: relay the head as is, then raw bytes. */
+        evbuffer_remove_buffer(resp_buf, c->out, head_len);
+        c->state = DM_CONN_TUNNEL;
+        c->keep_alive = false;
+        evtimer_del(&c->timer);
+        dm_access_log(c);
+        conn_flush(c);
+        if (!c->closed && evbuffer_get_length(c->in) > 0) {
+            conn_process(c);
+        }
+        return;
+    }
+    if (resp->body == DM_HTTP1_BODY_EOF) {
+        c->keep_alive = false;
+    }
+    if (!c->req_body_done) {
+        /* Answered before the request body ended: we cannot find the next
+         * request's start without reading the rest, so close afterwards. */
+        c->keep_alive = false;
+    }
+    if (c->want_close) {
+        c->keep_alive = false;
+    }
+    evbuffer_add_printf(c->out, "HTTP/1.%d %d %.*s\r\n", c->is_http10 ? 0 : 1, resp->status,
+                        (int)resp->reason_len, resp->reason);
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const struct dm_http1_header *h = &resp->headers[i];
+        if (dm_str_ieq_lit(h->name, h->name_len, "content-length")) {
+            if (resp->body == DM_HTTP1_BODY_LENGTH || resp->body == DM_HTTP1_BODY_NONE) {
+                evbuffer_add(c->out, h->name, h->name_len);
+                evbuffer_add(c->out, ": ", 2);
+                evbuffer_add(c->out, h->value, h->value_len);
+                evbuffer_add(c->out, "\r\n", 2);
+            }
+            continue;
+        }
+        if (is_hop_by_hop(h, resp)) {
+            continue;
+        }
+        evbuffer_add(c->out, h->name, h->name_len);
+        evbuffer_add(c->out, ": ", 2);
+        evbuffer_add(c->out, h->value, h->value_len);
+        evbuffer_add(c->out, "\r\n", 2);
+    }
+    if (resp->body == DM_HTTP1_BODY_CHUNKED) {
+        if (c->is_http10) {
+            c->dechunk = true;
+            c->keep_alive = false;
+        } else {
+            evbuffer_add(c->out, "Transfer-Encoding: chunked\r\n", 28);
+        }
+    }
+    if (!c->keep_alive) {
+        evbuffer_add(c->out, "Connection: close\r\n", 19);
+    } else if (c->is_http10) {
+        evbuffer_add(c->out, "Connection: keep-alive\r\n", 24);
+    }
+    evbuffer_add(c->out, "\r\n", 2);
+    evbuffer_drain(resp_buf, head_len);
+}
+
+void dm_conn_on_upstream_data(struct dm_conn *c)
+{
+    conn_flush(c);
+    if (!c->closed && c->up != NULL && evbuffer_get_length(c->out) > DM_BUF_HIGH) {
+        dm_upstream_pause(c->up);
+        conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+    }
+}
+
+void dm_conn_on_upstream_writable(struct dm_conn *c)
+{
+    if (c->read_paused && evbuffer_get_length(c->in) <= DM_PIPELINE_MAX) {
+        conn_resume_read(c);
+    }
+    if (c->state == DM_CONN_PROXY && !c->req_body_done && evbuffer_get_length(c->in) > 0) {
+        conn_forward_body(c);
+    }
+}
+
+void dm_conn_on_upstream_done(struct dm_conn *c, bool backend_reusable)
+{
+    conn_hold(c);
+    struct dm_upstream_conn *u = c->up;
+    c->up = NULL;
+    dm_upstream_detach(u, backend_reusable && c->req_body_done);
+    if (c->state == DM_CONN_TUNNEL) {
+        conn_finish(c);
+        goto out;
+    }
+    dm_access_log(c);
+    if (!c->keep_alive || c->want_close) {
+        conn_finish(c);
+        goto out;
+    }
+    c->state = DM_CONN_IDLE;
+    conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+    conn_flush(c);
+    if (!c->closed) {
+        conn_resume_read(c);
+        conn_process(c);
+    }
+    if (!c->closed && c->eof && c->state == DM_CONN_IDLE) {
+        conn_close(c);
+    }
+out:
+    conn_release(c);
+}
+
+void dm_conn_on_upstream_error(struct dm_conn *c, int status, const char *why)
+{
+    conn_hold(c);
+    struct dm_upstream_conn *u = c->up;
+    c->up = NULL;
+    dm_upstream_detach(u, false);
+    if (c->state == DM_CONN_TUNNEL || c->resp_started) {
+        /* Mid-response: the only honest signal left is to cut the connection. */
+        DM_LOG_DBG("proxy", "c=%llu backend %s failed mid-response: %s", (unsigned long long)c->id,
+                   c->backend ? c->backend : "-", why);
+        if (c->state != DM_CONN_TUNNEL) {
+            c->status = 502;
+        }
+        conn_finish(c);
+        goto out;
+    }
+    dm_log(DM_LOG_WARN, "proxy", "c=%llu %s %s%s backend=%s: %d: %s", (unsigned long long)c->id,
+           c->method, c->host, c->path, c->backend ? c->backend : "-", status, why);
+    char body[64];
+    snprintf(body, sizeof(body), "%d %s\n", status, status_text(status));
+    conn_respond(c, status, NULL, body, !c->req_body_done);
+    if (!c->closed && c->state == DM_CONN_IDLE) {
+        conn_resume_read(c);
+        conn_process(c);
+    }
+out:
+    conn_release(c);
+}

@@ -1,5 +1,7 @@
-/* placeholder main until the CLI lands */
-int main(void)
+/* doorman executable: everything lives in cli.c and the libraries. */
+#include "proxy/cli.h"
+
+int main(int argc, char **argv)
 {
-    return 0;
+    return dm_cli_main(argc, argv);
 }

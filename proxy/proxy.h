@@ -1,0 +1,37 @@
+/* The data plane's public face for main.c (and later the admin API): start
+ * the workers on a config, publish a new config, stop gracefully. */
+#ifndef DM_PROXY_PROXY_H
+#define DM_PROXY_PROXY_H
+
+#include <stdint.h>
+
+struct acme_store;
+struct cfg;
+struct dm_err;
+
+/* dm_proxy_init creates the shared TLS context over store (borrowed; must
+ * outlive the proxy) and opens the access log named by cfg. */
+int dm_proxy_init(struct acme_store *store, const struct cfg *cfg, struct dm_err *err);
+
+/* dm_proxy_start binds the listeners (a port in use fails here, with the
+ * address in err) and starts the worker threads. */
+int dm_workers_start(struct cfg *cfg, struct dm_err *err);
+
+/* dm_workers_publish hands a new config to every worker for new connections;
+ * existing connections keep the one they started with. */
+int dm_workers_publish(struct cfg *cfg, struct dm_err *err);
+
+/* dm_workers_stop stops accepting, lets in-flight requests finish for up to
+ * deadline_ms, then closes what is left and joins the threads. */
+void dm_workers_stop(uint32_t deadline_ms);
+
+/* dm_workers_count returns the number of worker threads running. */
+int dm_workers_count(void);
+
+/* dm_tls_ticket_keys_rotate: see tls.c; call periodically from the control thread. */
+void dm_tls_ticket_keys_rotate(void);
+
+/* dm_proxy_cleanup frees the TLS context and closes the access log. */
+void dm_proxy_cleanup(void);
+
+#endif

@@ -1,0 +1,209 @@
+/* Data-plane internals shared by the proxy's files: the runtime generation
+ * (a config snapshot plus what is derived from it), workers, client and
+ * backend connections. Life of a connection: docs/architecture.md. */
+#ifndef DM_PROXY_PROXY_INT_H
+#define DM_PROXY_PROXY_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <openssl/base.h>
+
+#include "config/config_types.h"
+#include "proxy/http1_parse.h"
+#include "proxy/proxy.h"
+
+struct evbuffer;
+struct evdns_base;
+struct acme_store;
+struct dm_worker;
+struct dm_upstream_conn;
+
+/* Hard caps chosen for memory safety; the configurable limits are below them. */
+#define DM_MAX_HEADERS_CAP 1000
+/* Stop reading a side while the other side's output holds more than this,
+ * resume below the low mark: bounds memory per proxied stream. */
+#define DM_BUF_HIGH (256 * 1024)
+#define DM_BUF_LOW (64 * 1024)
+/* Bytes of pipelined input buffered while a request is in flight. */
+#define DM_PIPELINE_MAX (64 * 1024)
+
+/* Host -> site routing table of one generation (route.c). */
+struct dm_route;
+
+/* A runtime generation: the config snapshot and the structures built from it.
+ * Immutable and refcounted; each connection holds the one it started with. */
+struct dm_gen {
+    atomic_int refs;
+    struct cfg *cfg;        /* ref */
+    struct dm_route *route; /* owned */
+    uint32_t max_headers;
+    struct dm_http1_limits req_limits;
+    struct dm_http1_limits resp_limits;
+};
+
+struct dm_gen *dm_gen_new(struct cfg *cfg, struct dm_err *err);
+struct dm_gen *dm_gen_ref(struct dm_gen *g);
+void dm_gen_unref(struct dm_gen *g);
+
+/* route.c: site for a lower-case host (no port); NULL if none. */
+struct dm_route *dm_route_new(const struct cfg *cfg);
+void dm_route_free(struct dm_route *r);
+const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host, size_t host_len);
+
+/* Process-wide state every worker reads (set up before workers start). */
+struct dm_proxy {
+    SSL_CTX *ssl_ctx;          /* owned: shared by all workers */
+    struct acme_store *store;  /* borrowed */
+    atomic_int num_conns;      /* open client connections, all workers */
+    atomic_uint_fast64_t next_conn_id;
+    int access_fd;             /* -1 = off */
+    bool access_json;
+};
+
+extern struct dm_proxy dm_proxy_g;
+
+/* tls.c */
+SSL_CTX *dm_tls_ctx_new(struct dm_err *err);
+/* Index of the struct dm_conn pointer in SSL ex_data. */
+extern int dm_tls_conn_index;
+
+/* Connection states. */
+enum dm_conn_state {
+    DM_CONN_HANDSHAKE = 0, /* TLS handshake in progress */
+    DM_CONN_IDLE,          /* keep-alive: waiting for the first byte of a request */
+    DM_CONN_HEAD,          /* reading a request head */
+    DM_CONN_PROXY,         /* a request is being forwarded */
+    DM_CONN_TUNNEL,        /* upgraded (WebSocket): raw bytes both ways */
+    DM_CONN_CLOSING,       /* flushing the last response, then close */
+};
+
+/* A client connection (TLS or the plain-HTTP redirect port). Belongs to one
+ * worker's loop. */
+struct dm_conn {
+    uint64_t id;
+    struct dm_worker *w;  /* borrowed */
+    struct dm_gen *gen;   /* ref: the generation this connection started with */
+    int fd;
+    SSL *ssl;             /* owned; NULL on the plain-HTTP port */
+    enum dm_conn_state state;
+    struct event rev, wev, timer;
+    struct evbuffer *in, *out; /* owned */
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    char peer_ip[48];
+    bool peer_trusted;     /* peer is in trusted_proxies */
+    char sni[256];         /* lower-case SNI, "" if none */
+    const struct cfg_site *sni_site; /* borrowed from gen */
+    struct dm_conn *prev, *next; /* worker's list */
+
+    /* Current request. */
+    struct dm_http1_parser parser;
+    struct dm_http1_msg msg;
+    struct dm_http1_header *headers; /* owned, gen->max_headers entries */
+    struct dm_http1_chunked req_chunked;
+    uint64_t req_body_left;   /* Content-Length bytes still to forward */
+    bool req_body_done;
+    bool keep_alive;          /* answer keeps the connection open */
+    bool is_head;
+    bool resp_started;        /* a response head went to the client */
+    bool want_close;          /* close after this response (errors, shutdown) */
+    bool read_paused;         /* backpressure */
+    bool eof;                 /* client closed its side */
+    bool is_http10;
+    bool dechunk;             /* response is chunked but the client speaks 1.0 */
+    int status;
+    uint64_t resp_bytes;      /* bytes of response written (for logs) */
+    uint64_t req_start_us;
+    char method[16];
+    char host[256];
+    char path[512];           /* truncated copy for the access log */
+    const struct cfg_site *site; /* borrowed from gen */
+    struct dm_upstream_conn *up; /* the backend connection serving this request */
+    const char *backend;      /* borrowed from gen: backend address text */
+    int refs;                 /* holds during callback dispatch */
+    bool closed;
+    bool lingering;           /* response sent, write side shut, discarding input */
+};
+
+/* A worker: one thread, one event_base, its own listeners and pools. */
+struct dm_worker {
+    int id;
+    struct event_base *base;   /* owned */
+    struct evdns_base *dns;    /* owned */
+    struct dm_gen *gen;        /* ref: generation for new connections */
+    struct event *listen_evs[4];
+    int listen_fds[4];
+    bool listen_is_tls[4];
+    int num_listeners;
+    struct event *msg_ev;      /* woken by the control thread */
+    atomic_int pending_msg;    /* DM_WORKER_MSG_* bits */
+    struct dm_gen *_Atomic next_gen; /* handed over with DM_WORKER_MSG_GEN */
+    struct dm_conn *conns;     /* list of open connections */
+    int num_conns;
+    bool draining;
+    unsigned rr;               /* round-robin cursor over a site's backends */
+    struct event *drain_timer;
+    atomic_uint stop_deadline_ms;
+    struct dm_upstream_pool *pools; /* per backend idle connections */
+    pthread_t thread;
+};
+
+#define DM_WORKER_MSG_STOP 1
+#define DM_WORKER_MSG_GEN 2
+#define DM_WORKER_MSG_FORCE 4
+
+/* conn.c */
+void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len,
+                    bool is_tls);
+/* dm_conn_drain asks an idle connection to close and a busy one to close after
+ * its current response. */
+void dm_conn_drain(struct dm_conn *c);
+void dm_conn_force_close(struct dm_conn *c);
+
+/* Called by upstream.c while forwarding. */
+void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
+                              struct evbuffer *resp_buf, size_t head_len);
+void dm_conn_on_upstream_data(struct dm_conn *c);
+void dm_conn_on_upstream_done(struct dm_conn *c, bool backend_reusable);
+void dm_conn_on_upstream_error(struct dm_conn *c, int status, const char *why);
+/* The backend's output fell below the low mark: resume reading the client. */
+void dm_conn_on_upstream_writable(struct dm_conn *c);
+
+/* upstream.c: backend connections and their idle pools. */
+struct dm_upstream_conn;
+struct dm_upstream_pool;
+
+/* dm_upstream_start gets a backend connection for c's request (pooled or new)
+ * and arranges for the head in head_buf to be sent first. Results arrive via
+ * dm_conn_on_upstream_*; never called back from inside this call. */
+int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evbuffer *head_buf);
+/* The evbuffer to append request body bytes to (NULL if gone). */
+struct evbuffer *dm_upstream_output(struct dm_upstream_conn *u);
+size_t dm_upstream_output_len(struct dm_upstream_conn *u);
+/* dm_upstream_kick flushes output after the conn appended body bytes. */
+void dm_upstream_kick(struct dm_upstream_conn *u);
+/* dm_upstream_request_done tells the backend side the request body ended. */
+void dm_upstream_request_done(struct dm_upstream_conn *u);
+/* The evbuffer holding unread response bytes (after the head). */
+struct evbuffer *dm_upstream_input(struct dm_upstream_conn *u);
+/* dm_upstream_resume restarts reading the backend (client drained below low). */
+void dm_upstream_resume(struct dm_upstream_conn *u);
+void dm_upstream_pause(struct dm_upstream_conn *u);
+/* dm_upstream_detach unlinks the client; the backend connection is closed
+ * (or pooled if reusable and the exchange completed). */
+void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);
+void dm_upstream_pools_free(struct dm_worker *w);
+/* dm_upstream_pools_close_idle closes the parked connections (shutdown). */
+void dm_upstream_pools_close_idle(struct dm_worker *w);
+
+
+/* access_log.c: one line per request to the access log. */
+void dm_access_log(const struct dm_conn *c);
+
+#endif
