@@ -45,7 +45,6 @@ static void conn_hold(struct dm_conn *c)
 static void conn_release(struct dm_conn *c)
 {
     if (--c->refs == 0 && c->closed) {
-        free(c->headers);
         free(c);
     }
 }
@@ -138,10 +137,9 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
         close(fd);
         return;
     }
-    c->headers = calloc(w->gen->max_headers, sizeof(*c->headers));
     c->in = evbuffer_new();
     c->out = evbuffer_new();
-    if (c->headers == NULL || c->in == NULL || c->out == NULL) {
+    if (c->in == NULL || c->out == NULL) {
         goto fail;
     }
     c->id = atomic_fetch_add(&dm_proxy_g.next_conn_id, 1) + 1;
@@ -190,7 +188,6 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
     conn_release(c);
     return;
 fail:
-    free(c->headers);
     if (c->in != NULL) {
         evbuffer_free(c->in);
     }
@@ -341,7 +338,7 @@ static void conn_reset_request(struct dm_conn *c)
 {
     dm_http1_parser_init(&c->parser);
     memset(&c->msg, 0, sizeof(c->msg));
-    c->msg.headers = c->headers;
+    c->msg.headers = c->w->req_fields;
     c->req_body_left = 0;
     c->req_body_done = false;
     c->resp_started = false;

@@ -105,7 +105,6 @@ struct dm_conn {
     /* Current request. */
     struct dm_http1_parser parser;
     struct dm_http1_msg msg;
-    struct dm_http1_header *headers; /* owned, gen->max_headers entries */
     struct dm_http1_chunked req_chunked;
     uint64_t req_body_left;   /* Content-Length bytes still to forward */
     bool req_body_done;
@@ -151,6 +150,11 @@ struct dm_worker {
     struct event *drain_timer;
     atomic_uint stop_deadline_ms;
     struct dm_upstream_pool *pools; /* per backend idle connections */
+    /* Parsed fields point into a connection's input buffer only while its
+     * head is being handled, synchronously; one array per direction per
+     * worker is enough and keeps idle connections small. */
+    struct dm_http1_header req_fields[DM_MAX_HEADERS_CAP];
+    struct dm_http1_header resp_fields[DM_MAX_HEADERS_CAP];
     pthread_t thread;
 };
 

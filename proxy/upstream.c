@@ -57,8 +57,6 @@ struct dm_upstream_conn {
     uint16_t port;
     struct dm_http1_parser parser;
     struct dm_http1_msg msg;
-    struct dm_http1_header *headers; /* owned */
-    size_t max_headers;
     struct dm_http1_chunked chunked;
     uint64_t body_left;
     bool events_added;
@@ -88,7 +86,6 @@ static void up_hold(struct dm_upstream_conn *u)
 static void up_release(struct dm_upstream_conn *u)
 {
     if (--u->refs == 0 && u->closed) {
-        free(u->headers);
         free(u);
     }
 }
@@ -156,12 +153,9 @@ static struct dm_upstream_conn *up_new(struct dm_worker *w, struct dm_upstream_p
     if (u == NULL) {
         return NULL;
     }
-    u->max_headers = w->gen->resp_limits.max_headers;
-    u->headers = calloc(u->max_headers, sizeof(*u->headers));
     u->in = evbuffer_new();
     u->out = evbuffer_new();
-    if (u->headers == NULL || u->in == NULL || u->out == NULL) {
-        free(u->headers);
+    if (u->in == NULL || u->out == NULL) {
         if (u->in) {
             evbuffer_free(u->in);
         }
@@ -183,7 +177,7 @@ static void up_reset_exchange(struct dm_upstream_conn *u)
 {
     dm_http1_parser_init(&u->parser);
     memset(&u->msg, 0, sizeof(u->msg));
-    u->msg.headers = u->headers;
+    u->msg.headers = u->w->resp_fields;
     u->got_bytes = false;
     u->req_done = false;
     u->paused = false;
