@@ -26,7 +26,9 @@ void cfg_problems_cleanup(struct cfg_problems *p);
 /* cfg_load_file reads and validates a JSON config file. Returns a new snapshot
  * (refs = 1) or NULL with every problem in *out_problems (file:line:col for
  * JSON syntax errors). data_dir_override (the --data-dir flag or
- * DOORMAN_DATA_DIR; may be NULL) wins over the file's data_dir. */
+ * DOORMAN_DATA_DIR; may be NULL) wins over the file's data_dir.
+ * *out_problems is (re)initialized here, so clean up a previous list first;
+ * the caller cleans it up after (cfg_problems_cleanup). It may be NULL. */
 struct cfg *cfg_load_file(const char *path, const char *data_dir_override,
                           struct cfg_problems *out_problems);
 
@@ -36,22 +38,25 @@ struct cfg *cfg_load_string(const char *json, size_t len, const char *name,
 
 /* Options of `doorman reverse-proxy`, turned into the same snapshot. */
 struct cfg_quick {
-    const char *from;        /* host name, e.g. "localhost" */
-    const char **to;         /* backend addresses */
+    const char *from; /* host name, e.g. "localhost" */
+    const char **to;  /* backend addresses */
     size_t num_to;
-    int https_port;          /* -1 = default */
-    int http_port;           /* -1 = default, 0 = off */
-    const char *data_dir;    /* may be NULL */
-    const char *bind;        /* may be NULL */
+    int https_port;       /* -1 = default */
+    int http_port;        /* -1 = default, 0 = off */
+    const char *data_dir; /* may be NULL */
+    const char *bind;     /* may be NULL */
 };
 
 /* cfg_from_quick builds a snapshot from reverse-proxy flags, with the same
- * validation and messages (paths name the flags: "--to"). */
+ * validation and messages; paths name the flags ("--from", "--to",
+ * "--https-port", "--http-port", "--data-dir", "--bind"). One site, tls
+ * "local", everything else at its default. out_problems as for cfg_load_file. */
 struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_problems);
 
 /* cfg_default_data_dir writes the default data directory into buf: for root
  * /var/lib/doorman, otherwise $XDG_DATA_HOME/doorman or ~/.local/share/doorman.
- * DOORMAN_DATA_DIR, when set, wins. Returns 0, or -1 if it does not fit. */
+ * DOORMAN_DATA_DIR, when set, wins. Returns 0, or -1 if it does not fit or no
+ * home directory is known. */
 int cfg_default_data_dir(char *buf, size_t cap);
 
 /* cfg_ref takes a reference; cfg_unref drops one and frees at zero. Safe from
@@ -64,12 +69,14 @@ void cfg_unref(struct cfg *c);
 int cfg_addr_parse(struct cfg_addr *out, const char *text, char *msg, size_t msg_cap);
 void cfg_addr_cleanup(struct cfg_addr *a);
 
-/* cfg_host_matches tells whether host (lower-case, no port) matches pattern
- * (exact or "*.example.com", one label deep). */
+/* cfg_host_matches tells whether host (no port, no trailing dot; compared
+ * ASCII-case-insensitively) matches pattern (exact or "*.example.com", exactly
+ * one label deep). Returns 1 or 0. */
 int cfg_host_matches(const char *pattern, const char *host, size_t host_len);
 
 /* cfg_dump returns the snapshot as a new JSON string (for `GET /config` and
- * --help examples); caller frees. */
+ * --help examples) with every default filled in; loading it gives an equal
+ * snapshot. Caller frees with free(). NULL if out of memory. */
 char *cfg_dump(const struct cfg *c);
 
 #endif

@@ -1,1 +1,1200 @@
-/* placeholder: being written */
+/* JSON -> struct cfg: walks a parsed document against the schema documented in
+ * docs/configuration.md, fills defaults, and records every problem with its
+ * JSON path ("sites[1].to[2]: ...") instead of stopping at the first. Also
+ * builds the same snapshot from `doorman reverse-proxy` flags. A snapshot is
+ * returned only when no problem was found; partial results are freed. */
+#include "config/config_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "proxy/core/log.h"
+
+#define DEFAULT_HTTPS_PORT       443
+#define DEFAULT_HTTP_PORT        80
+#define DEFAULT_BIND             "::"
+#define DEFAULT_ACCESS_LOG       "stderr"
+#define DEFAULT_LOCAL_LIFETIME_S (7u * 24 * 3600)
+#define MAX_WORKERS              256
+
+/* A path in a problem: the deepest is "sites[N].tls.cert" plus one unknown
+ * key, and keys are cut at KEY_SHOW_MAX bytes. */
+#define PATH_CAP     256
+#define KEY_SHOW_MAX 64
+
+/* Keys longer than this get no "did you mean": the longest known key has 15
+ * bytes, so anything past 17 is more than 2 edits away. */
+#define SUGGEST_MAX 24
+
+/* Problems being collected and where the walk is. */
+struct check {
+    struct cfg_problems *problems; /* borrowed */
+    size_t num_found;              /* problems found, kept or not */
+    char path[PATH_CAP];           /* JSON path of the value being checked */
+    size_t path_len;
+    const char *name; /* borrowed: config file name, for relative tls paths */
+    char *base_dir;   /* owned: absolute directory of name, computed on first use */
+};
+
+struct duration_key {
+    const char *name;
+    size_t offset; /* of the uint32_t in struct cfg_timeouts */
+    uint32_t default_ms;
+    uint32_t max_ms;
+};
+
+static const struct duration_key timeout_keys[] = {
+    {"handshake", offsetof(struct cfg_timeouts, handshake_ms), 10 * CFG_MS_PER_S, CFG_MS_PER_D},
+    {"header", offsetof(struct cfg_timeouts, header_ms), 10 * CFG_MS_PER_S, CFG_MS_PER_D},
+    {"idle", offsetof(struct cfg_timeouts, idle_ms), 60 * CFG_MS_PER_S, CFG_MS_PER_D},
+    {"body", offsetof(struct cfg_timeouts, body_ms), 60 * CFG_MS_PER_S, CFG_MS_PER_D},
+    {"connect", offsetof(struct cfg_timeouts, connect_ms), 5 * CFG_MS_PER_S, CFG_MS_PER_D},
+    {"response", offsetof(struct cfg_timeouts, response_ms), 60 * CFG_MS_PER_S, CFG_MS_PER_D},
+    /* A shutdown that waits longer than an hour is a stuck deploy. */
+    {"shutdown", offsetof(struct cfg_timeouts, shutdown_ms), 30 * CFG_MS_PER_S, CFG_MS_PER_H},
+};
+
+struct limit_key {
+    const char *name;
+    size_t offset; /* of the uint32_t in struct cfg_limits */
+    uint32_t min;
+    uint32_t max;
+    uint32_t def;
+};
+
+/* request_line >= 256: RFC 9112 section 3 recommends supporting at least 8000
+ * octets, and a tiny limit only breaks clients. The upper bounds keep one
+ * request head within a few MiB of memory. */
+static const struct limit_key limit_keys[] = {
+    {"request_line", offsetof(struct cfg_limits, max_line), 256, 65536, 8192},
+    {"header_count", offsetof(struct cfg_limits, max_headers), 8, 1000, 100},
+    {"header_bytes", offsetof(struct cfg_limits, max_header_bytes), 1024, 1048576, 65536},
+    {"max_connections", offsetof(struct cfg_limits, max_connections), 0, 10000000, 0},
+};
+
+static const char *const root_keys[] = {
+    "data_dir", "bind",   "https_port",      "http_port", "redirect_http", "workers",
+    "timeouts", "limits", "trusted_proxies", "log",       "local_ca",      "sites",
+};
+static const char *const log_keys[] = {"level", "format", "access", "access_format"};
+static const char *const local_ca_keys[] = {"lifetime"};
+static const char *const site_keys[] = {"hosts", "to", "tls"};
+static const char *const tls_keys[] = {"cert", "key"};
+
+#define NUM(a) (sizeof(a) / sizeof((a)[0]))
+
+static atomic_uint_fast64_t cfg_generation;
+
+/* Paths and problems -------------------------------------------------------- */
+
+static void check_init(struct check *k, struct cfg_problems *problems)
+{
+    memset(k, 0, sizeof(*k));
+    k->problems = problems;
+}
+
+static void path_append(struct check *k, const char *s)
+{
+    size_t n = strlen(s);
+    if (k->path_len + n >= sizeof(k->path)) {
+        n = sizeof(k->path) - 1 - k->path_len;
+    }
+    memcpy(k->path + k->path_len, s, n);
+    k->path_len += n;
+    k->path[k->path_len] = '\0';
+}
+
+/* path_set replaces the path (flag names such as "--to"). */
+static void path_set(struct check *k, const char *s)
+{
+    k->path_len = 0;
+    k->path[0] = '\0';
+    path_append(k, s);
+}
+
+/* path_push_key appends ".key" (printable ASCII, cut at KEY_SHOW_MAX) and
+ * returns the length to pass to path_pop. */
+static size_t path_push_key(struct check *k, const char *key)
+{
+    size_t mark = k->path_len;
+    char shown[KEY_SHOW_MAX + 5];
+    size_t n = 0;
+    const char *p = key;
+    for (; *p != '\0' && n < KEY_SHOW_MAX; p++) {
+        unsigned char ch = (unsigned char)*p;
+        shown[n++] = (ch > 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    if (*p != '\0') {
+        memcpy(shown + n, "...", 3);
+        n += 3;
+    }
+    shown[n] = '\0';
+    if (mark > 0) {
+        path_append(k, ".");
+    }
+    path_append(k, shown);
+    return mark;
+}
+
+static size_t path_push_index(struct check *k, size_t i)
+{
+    size_t mark = k->path_len;
+    char s[32];
+    snprintf(s, sizeof(s), "[%zu]", i);
+    path_append(k, s);
+    return mark;
+}
+
+static void path_pop(struct check *k, size_t mark)
+{
+    k->path_len = mark;
+    k->path[mark] = '\0';
+}
+
+static void problem(struct check *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* problem records "path: message" for the value being checked. */
+static void problem(struct check *k, const char *fmt, ...)
+{
+    char msg[CFG_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    k->num_found++;
+    if (k->path_len > 0) {
+        cfg_problems_add(k->problems, "%s: %s", k->path, msg);
+    } else {
+        cfg_problems_add(k->problems, "%s", msg);
+    }
+}
+
+static void *check_calloc(struct check *k, size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+    if (p == NULL) {
+        problem(k, "out of memory");
+    }
+    return p;
+}
+
+static char *check_strdup(struct check *k, const char *s)
+{
+    char *p = strdup(s);
+    if (p == NULL) {
+        problem(k, "out of memory");
+    }
+    return p;
+}
+
+static void quote(char *out, size_t cap, const char *s)
+{
+    cfg_quote(out, cap, s, strlen(s));
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "value";
+}
+
+static void problem_type(struct check *k, const char *expected, const json_t *v)
+{
+    problem(k, "expected %s, got %s", expected, type_name(v));
+}
+
+/* Unknown keys ---------------------------------------------------------------- */
+
+/* edit_distance is the optimal-string-alignment distance (insertions,
+ * deletions, substitutions, adjacent swaps) between two short strings. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    size_t d[SUGGEST_MAX + 1][SUGGEST_MAX + 1];
+    if (la > SUGGEST_MAX || lb > SUGGEST_MAX) {
+        return SIZE_MAX;
+    }
+    for (size_t i = 0; i <= la; i++) {
+        d[i][0] = i;
+    }
+    for (size_t j = 0; j <= lb; j++) {
+        d[0][j] = j;
+    }
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            size_t best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) {
+                best = d[i][j - 1] + 1;
+            }
+            if (d[i - 1][j - 1] + cost < best) {
+                best = d[i - 1][j - 1] + cost;
+            }
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best) {
+                best = d[i - 2][j - 2] + 1;
+            }
+            d[i][j] = best;
+        }
+    }
+    return d[la][lb];
+}
+
+/* check_keys reports each key of obj not in names, suggesting the closest
+ * known key within an edit distance of 2 (case and '-' vs '_' ignored). */
+static void check_keys(struct check *k, json_t *obj, const char *const *names, size_t num_names)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        bool is_known = false;
+        for (size_t i = 0; i < num_names && !is_known; i++) {
+            is_known = strcmp(key, names[i]) == 0;
+        }
+        if (is_known) {
+            continue;
+        }
+        char folded[SUGGEST_MAX + 1];
+        size_t n = 0;
+        for (const char *p = key; *p != '\0' && n < SUGGEST_MAX; p++) {
+            char ch = *p;
+            folded[n++] = ch == '-' ? '_' : (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        folded[n] = '\0';
+        const char *suggestion = NULL;
+        size_t best = 3;
+        if (strlen(key) <= SUGGEST_MAX) {
+            for (size_t i = 0; i < num_names; i++) {
+                size_t d = edit_distance(folded, names[i]);
+                if (d < best) {
+                    best = d;
+                    suggestion = names[i];
+                }
+            }
+        }
+        size_t mark = path_push_key(k, key);
+        if (suggestion != NULL) {
+            problem(k, "unknown key (did you mean \"%s\"?)", suggestion);
+        } else {
+            problem(k, "unknown key");
+        }
+        path_pop(k, mark);
+    }
+}
+
+/* Scalars --------------------------------------------------------------------- */
+
+/* read_int checks that v is an integer in min..max. */
+static int read_int(struct check *k, const json_t *v, long long min, long long max, long long *out)
+{
+    if (!json_is_integer(v)) {
+        problem_type(k, "an integer", v);
+        return -1;
+    }
+    long long n = json_integer_value(v);
+    if (n < min || n > max) {
+        problem(k, "must be %lld..%lld, got %lld", min, max, n);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+/* read_string checks that v is a non-empty string; returns it (borrowed). */
+static const char *read_string(struct check *k, const json_t *v)
+{
+    if (!json_is_string(v)) {
+        problem_type(k, "a string", v);
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    if (s[0] == '\0') {
+        problem(k, "must not be empty");
+        return NULL;
+    }
+    return s;
+}
+
+/* duration_parse reads "<digits><unit>" with unit ms, s, m, h or d into
+ * *out_ms (UINT64_MAX when absurdly large). Returns -1 if malformed. */
+static int duration_parse(const char *s, uint64_t *out_ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {
+        {"ms", 1},           {"s", CFG_MS_PER_S}, {"m", CFG_MS_PER_M},
+        {"h", CFG_MS_PER_H}, {"d", CFG_MS_PER_D},
+    };
+    /* Past 10^12 ms (31 years) every value is out of range anyway. */
+    const uint64_t cap = 1000000000000ull;
+    uint64_t n = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        n = n * 10 + (uint64_t)(*p - '0');
+        if (n > cap) {
+            n = cap + 1;
+        }
+    }
+    if (p == s) {
+        return -1;
+    }
+    for (size_t i = 0; i < NUM(units); i++) {
+        if (strcmp(p, units[i].unit) == 0) {
+            *out_ms = n > cap ? UINT64_MAX : n * units[i].ms;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void cfg_duration_format(char *out, size_t cap, uint64_t ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {
+        {"d", CFG_MS_PER_D},
+        {"h", CFG_MS_PER_H},
+        {"m", CFG_MS_PER_M},
+        {"s", CFG_MS_PER_S},
+    };
+    for (size_t i = 0; i < NUM(units); i++) {
+        if (ms != 0 && ms % units[i].ms == 0) {
+            snprintf(out, cap, "%llu%s", (unsigned long long)(ms / units[i].ms), units[i].unit);
+            return;
+        }
+    }
+    snprintf(out, cap, "%llums", (unsigned long long)ms);
+}
+
+/* read_duration checks that v is a duration string within min_ms..max_ms. */
+static int read_duration(struct check *k, const json_t *v, uint64_t min_ms, uint64_t max_ms,
+                         uint64_t *out_ms)
+{
+    char quoted[CFG_QUOTE_MAX * 6 + 8];
+    char limit[32];
+    uint64_t ms;
+    if (json_is_number(v)) {
+        problem(k, "expected a duration string, got %s (use a duration like \"10s\")",
+                type_name(v));
+        return -1;
+    }
+    if (!json_is_string(v)) {
+        problem_type(k, "a duration string like \"10s\"", v);
+        return -1;
+    }
+    const char *s = json_string_value(v);
+    quote(quoted, sizeof(quoted), s);
+    if (duration_parse(s, &ms) != 0) {
+        problem(k,
+                "%s is not a duration (use a duration like \"10s\": a whole number and one of ms, "
+                "s, m, h, d)",
+                quoted);
+        return -1;
+    }
+    if (ms < min_ms) {
+        cfg_duration_format(limit, sizeof(limit), min_ms);
+        problem(k, "%s is too short (minimum %s)", quoted, limit);
+        return -1;
+    }
+    if (ms > max_ms) {
+        cfg_duration_format(limit, sizeof(limit), max_ms);
+        problem(k, "%s is too long (maximum %s)", quoted, limit);
+        return -1;
+    }
+    *out_ms = ms;
+    return 0;
+}
+
+/* absolute_path returns a new absolute copy of p: as is if absolute, else
+ * joined to base (NULL: the current directory), without "./" or a trailing
+ * '/'. Records a problem and returns NULL on failure. */
+static char *absolute_path(struct check *k, const char *p, const char *base)
+{
+    char cwd[PATH_MAX];
+    size_t plen = strlen(p);
+    while (plen > 1 && p[plen - 1] == '/') {
+        plen--;
+    }
+    if (p[0] != '/') {
+        if (base == NULL) {
+            if (getcwd(cwd, sizeof(cwd)) == NULL) {
+                char ebuf[128];
+                problem(k, "cannot resolve a relative path: current directory: %s",
+                        strerror_r(errno, ebuf, sizeof(ebuf)));
+                return NULL;
+            }
+            base = cwd;
+        }
+        while (plen >= 2 && p[0] == '.' && p[1] == '/') {
+            p += 2;
+            plen -= 2;
+            while (plen > 0 && p[0] == '/') {
+                p++;
+                plen--;
+            }
+        }
+        if (plen == 1 && p[0] == '.') {
+            plen = 0;
+        }
+    }
+    size_t blen = p[0] == '/' ? 0 : strlen(base);
+    bool needs_slash = blen > 0 && plen > 0 && base[blen - 1] != '/';
+    size_t total = blen + (needs_slash ? 1 : 0) + plen;
+    if (total >= PATH_MAX) {
+        problem(k, "path is longer than %d bytes", PATH_MAX - 1);
+        return NULL;
+    }
+    char *out = check_calloc(k, total + 1, 1);
+    if (out == NULL) {
+        return NULL;
+    }
+    memcpy(out, base != NULL && blen > 0 ? base : "", blen);
+    if (needs_slash) {
+        out[blen] = '/';
+    }
+    memcpy(out + blen + (needs_slash ? 1 : 0), p, plen);
+    out[total] = '\0';
+    return out;
+}
+
+/* config_dir returns the absolute directory of the config file name. */
+static char *config_dir(struct check *k, const char *name)
+{
+    const char *slash = name != NULL ? strrchr(name, '/') : NULL;
+    if (slash == NULL) {
+        return absolute_path(k, ".", NULL);
+    }
+    if (slash == name) {
+        return check_strdup(k, "/");
+    }
+    char *dir = strndup(name, (size_t)(slash - name));
+    if (dir == NULL) {
+        problem(k, "out of memory");
+        return NULL;
+    }
+    char *abs = absolute_path(k, dir, NULL);
+    free(dir);
+    return abs;
+}
+
+/* base_dir returns the directory relative tls paths start from, computing it
+ * on first use so that a config with absolute paths never needs the current
+ * directory (which may be gone when a daemon reloads). */
+static const char *base_dir(struct check *k)
+{
+    if (k->base_dir == NULL) {
+        k->base_dir = config_dir(k, k->name);
+    }
+    return k->base_dir;
+}
+
+/* Snapshot pieces ---------------------------------------------------------------- */
+
+static struct cfg *cfg_alloc(struct check *k)
+{
+    struct cfg *c = check_calloc(k, 1, sizeof(*c));
+    if (c == NULL) {
+        return NULL;
+    }
+    atomic_init(&c->refs, 1);
+    c->https_port = DEFAULT_HTTPS_PORT;
+    c->http_port = DEFAULT_HTTP_PORT;
+    c->redirect_http = true;
+    c->workers = 0;
+    for (size_t i = 0; i < NUM(timeout_keys); i++) {
+        *(uint32_t *)((char *)&c->timeouts + timeout_keys[i].offset) = timeout_keys[i].default_ms;
+    }
+    for (size_t i = 0; i < NUM(limit_keys); i++) {
+        *(uint32_t *)((char *)&c->limits + limit_keys[i].offset) = limit_keys[i].def;
+    }
+    c->log_level = DM_LOG_INFO;
+    c->log_format = CFG_LOG_TEXT;
+    c->access_log_format = CFG_LOG_TEXT;
+    c->local_lifetime_s = DEFAULT_LOCAL_LIFETIME_S;
+    c->bind = check_strdup(k, DEFAULT_BIND);
+    c->access_log = check_strdup(k, DEFAULT_ACCESS_LOG);
+    return c;
+}
+
+/* check_finish hands out c if no problem was found, else frees it. */
+static struct cfg *check_finish(struct check *k, struct cfg *c)
+{
+    free(k->base_dir);
+    k->base_dir = NULL;
+    if (k->num_found > 0 || c == NULL) {
+        cfg_unref(c);
+        return NULL;
+    }
+    c->generation = atomic_fetch_add(&cfg_generation, 1) + 1;
+    return c;
+}
+
+/* resolve_data_dir sets c->data_dir from the override, the file's value or
+ * the default, in that order. */
+static void resolve_data_dir(struct check *k, struct cfg *c, const char *override,
+                             const char *from_file)
+{
+    char def[PATH_MAX];
+    const char *dir = override != NULL && override[0] != '\0' ? override : from_file;
+    if (dir == NULL) {
+        if (cfg_default_data_dir(def, sizeof(def)) != 0) {
+            problem(k, "no default data directory (HOME is not set): set data_dir, "
+                       "DOORMAN_DATA_DIR or --data-dir");
+            return;
+        }
+        dir = def;
+    }
+    c->data_dir = absolute_path(k, dir, NULL);
+}
+
+static void set_bind(struct check *k, struct cfg *c, const char *s)
+{
+    char quoted[CFG_QUOTE_MAX * 6 + 8];
+    unsigned char bin[16];
+    if (inet_pton(AF_INET, s, bin) != 1 && inet_pton(AF_INET6, s, bin) != 1) {
+        quote(quoted, sizeof(quoted), s);
+        problem(k, "%s is not an IP address (use \"::\" or \"0.0.0.0\" for all addresses)", quoted);
+        return;
+    }
+    char *dup = check_strdup(k, s);
+    if (dup != NULL) {
+        free(c->bind);
+        c->bind = dup;
+    }
+}
+
+/* check_ports reports http_port == https_port (when both were valid). */
+static void check_ports(struct check *k, const struct cfg *c, const char *http_path)
+{
+    if (c->http_port != 0 && c->http_port == c->https_port) {
+        path_set(k, http_path);
+        problem(k, "must differ from https_port (both are %u); 0 turns the plain-HTTP listener off",
+                (unsigned)c->http_port);
+    }
+}
+
+/* add_host stores the normalized form of text as *out. */
+static void add_host(struct check *k, char **out, const char *text, size_t len)
+{
+    char host[CFG_HOST_MAX + 1];
+    char msg[CFG_MSG_MAX];
+    if (cfg_host_normalize(host, sizeof(host), text, len,
+                           CFG_HOST_ALLOW_WILDCARD | CFG_HOST_ALLOW_IP, msg, sizeof(msg)) != 0) {
+        problem(k, "%s", msg);
+        return;
+    }
+    *out = check_strdup(k, host);
+}
+
+static void add_backend(struct check *k, struct cfg_addr *out, const char *text)
+{
+    char msg[CFG_MSG_MAX];
+    if (cfg_addr_parse(out, text, msg, sizeof(msg)) != 0) {
+        problem(k, "%s", msg);
+    }
+}
+
+/* Sections ------------------------------------------------------------------- */
+
+static void read_top_scalars(struct check *k, json_t *root, struct cfg *c,
+                             const char **out_data_dir, bool *out_ports_ok)
+{
+    json_t *v;
+    size_t mark;
+    long long n;
+
+    if ((v = json_object_get(root, "data_dir")) != NULL) {
+        mark = path_push_key(k, "data_dir");
+        *out_data_dir = read_string(k, v);
+        path_pop(k, mark);
+    }
+    if ((v = json_object_get(root, "bind")) != NULL) {
+        mark = path_push_key(k, "bind");
+        const char *s = read_string(k, v);
+        if (s != NULL) {
+            set_bind(k, c, s);
+        }
+        path_pop(k, mark);
+    }
+    size_t ports_before = k->num_found;
+    if ((v = json_object_get(root, "https_port")) != NULL) {
+        mark = path_push_key(k, "https_port");
+        if (read_int(k, v, 1, 65535, &n) == 0) {
+            c->https_port = (uint16_t)n;
+        }
+        path_pop(k, mark);
+    }
+    if ((v = json_object_get(root, "http_port")) != NULL) {
+        mark = path_push_key(k, "http_port");
+        if (read_int(k, v, 0, 65535, &n) == 0) {
+            c->http_port = (uint16_t)n;
+        }
+        path_pop(k, mark);
+    }
+    *out_ports_ok = k->num_found == ports_before;
+    if ((v = json_object_get(root, "redirect_http")) != NULL) {
+        mark = path_push_key(k, "redirect_http");
+        if (json_is_boolean(v)) {
+            c->redirect_http = json_is_true(v);
+        } else {
+            problem_type(k, "a boolean (true or false)", v);
+        }
+        path_pop(k, mark);
+    }
+    if ((v = json_object_get(root, "workers")) != NULL) {
+        mark = path_push_key(k, "workers");
+        if (read_int(k, v, 0, MAX_WORKERS, &n) == 0) {
+            c->workers = (uint32_t)n;
+        }
+        path_pop(k, mark);
+    }
+}
+
+/* read_section returns obj[key] if it is an object, with key pushed on the
+ * path (*out_mark to pop); NULL if absent (nothing pushed) or not an object
+ * (problem recorded, nothing pushed). */
+static json_t *read_section(struct check *k, json_t *obj, const char *key, const char *const *names,
+                            size_t num_names, size_t *out_mark)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return NULL;
+    }
+    size_t mark = path_push_key(k, key);
+    if (!json_is_object(v)) {
+        problem_type(k, "an object", v);
+        path_pop(k, mark);
+        return NULL;
+    }
+    check_keys(k, v, names, num_names);
+    *out_mark = mark;
+    return v;
+}
+
+static void read_timeouts(struct check *k, json_t *root, struct cfg_timeouts *t)
+{
+    const char *names[NUM(timeout_keys)];
+    for (size_t i = 0; i < NUM(timeout_keys); i++) {
+        names[i] = timeout_keys[i].name;
+    }
+    size_t mark;
+    json_t *obj = read_section(k, root, "timeouts", names, NUM(names), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < NUM(timeout_keys); i++) {
+        const struct duration_key *d = &timeout_keys[i];
+        json_t *v = json_object_get(obj, d->name);
+        if (v == NULL) {
+            continue;
+        }
+        size_t m = path_push_key(k, d->name);
+        uint64_t ms;
+        if (read_duration(k, v, 1, d->max_ms, &ms) == 0) {
+            *(uint32_t *)((char *)t + d->offset) = (uint32_t)ms;
+        }
+        path_pop(k, m);
+    }
+    path_pop(k, mark);
+}
+
+static void read_limits(struct check *k, json_t *root, struct cfg_limits *l)
+{
+    const char *names[NUM(limit_keys)];
+    for (size_t i = 0; i < NUM(limit_keys); i++) {
+        names[i] = limit_keys[i].name;
+    }
+    size_t mark;
+    json_t *obj = read_section(k, root, "limits", names, NUM(names), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    size_t before = k->num_found;
+    for (size_t i = 0; i < NUM(limit_keys); i++) {
+        const struct limit_key *lk = &limit_keys[i];
+        json_t *v = json_object_get(obj, lk->name);
+        if (v == NULL) {
+            continue;
+        }
+        size_t m = path_push_key(k, lk->name);
+        long long n;
+        if (read_int(k, v, lk->min, lk->max, &n) == 0) {
+            *(uint32_t *)((char *)l + lk->offset) = (uint32_t)n;
+        }
+        path_pop(k, m);
+    }
+    /* The request line is part of the head, so the head limit must hold it. */
+    if (k->num_found == before && l->max_header_bytes < l->max_line) {
+        size_t m = path_push_key(k, "header_bytes");
+        problem(k, "must be at least limits.request_line (%u), got %u", (unsigned)l->max_line,
+                (unsigned)l->max_header_bytes);
+        path_pop(k, m);
+    }
+    path_pop(k, mark);
+}
+
+static void read_trusted_proxies(struct check *k, json_t *root, struct cfg *c)
+{
+    json_t *v = json_object_get(root, "trusted_proxies");
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, "trusted_proxies");
+    size_t n = json_array_size(v);
+    if (!json_is_array(v)) {
+        problem_type(k, "an array of strings", v);
+    } else if (n > 0 &&
+               (c->trusted_proxies = check_calloc(k, n, sizeof(struct cfg_cidr))) != NULL) {
+        c->num_trusted_proxies = n;
+        for (size_t i = 0; i < n; i++) {
+            size_t m = path_push_index(k, i);
+            json_t *e = json_array_get(v, i);
+            char msg[CFG_MSG_MAX];
+            if (!json_is_string(e)) {
+                problem_type(k, "a string", e);
+            } else if (cfg_cidr_parse(&c->trusted_proxies[i], json_string_value(e), msg,
+                                      sizeof(msg)) != 0) {
+                problem(k, "%s", msg);
+            }
+            path_pop(k, m);
+        }
+    }
+    path_pop(k, mark);
+}
+
+/* read_log_format parses "text" or "json" at obj[key]. */
+static void read_log_format(struct check *k, json_t *obj, const char *key, enum cfg_log_format *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, key);
+    const char *s = read_string(k, v);
+    if (s != NULL) {
+        if (strcmp(s, "text") == 0) {
+            *out = CFG_LOG_TEXT;
+        } else if (strcmp(s, "json") == 0) {
+            *out = CFG_LOG_JSON;
+        } else {
+            char quoted[CFG_QUOTE_MAX * 6 + 8];
+            quote(quoted, sizeof(quoted), s);
+            problem(k, "%s is not a log format (text, json)", quoted);
+        }
+    }
+    path_pop(k, mark);
+}
+
+static void read_log(struct check *k, json_t *root, struct cfg *c)
+{
+    char quoted[CFG_QUOTE_MAX * 6 + 8];
+    size_t mark;
+    json_t *obj = read_section(k, root, "log", log_keys, NUM(log_keys), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    json_t *v;
+    if ((v = json_object_get(obj, "level")) != NULL) {
+        size_t m = path_push_key(k, "level");
+        const char *s = read_string(k, v);
+        enum dm_log_level level;
+        if (s != NULL) {
+            if (dm_log_level_parse(s, &level) == 0) {
+                c->log_level = (int)level;
+            } else {
+                quote(quoted, sizeof(quoted), s);
+                problem(k, "%s is not a log level (error, warn, info, debug, trace)", quoted);
+            }
+        }
+        path_pop(k, m);
+    }
+    read_log_format(k, obj, "format", &c->log_format);
+    if ((v = json_object_get(obj, "access")) != NULL) {
+        size_t m = path_push_key(k, "access");
+        const char *s = read_string(k, v);
+        if (s != NULL) {
+            if (strcmp(s, "stderr") == 0 || strcmp(s, "off") == 0 || s[0] == '/') {
+                char *dup = check_strdup(k, s);
+                if (dup != NULL) {
+                    free(c->access_log);
+                    c->access_log = dup;
+                }
+            } else {
+                quote(quoted, sizeof(quoted), s);
+                problem(k, "%s must be \"stderr\", \"off\" or an absolute file path", quoted);
+            }
+        }
+        path_pop(k, m);
+    }
+    read_log_format(k, obj, "access_format", &c->access_log_format);
+    path_pop(k, mark);
+}
+
+static void read_local_ca(struct check *k, json_t *root, struct cfg *c)
+{
+    size_t mark;
+    json_t *obj = read_section(k, root, "local_ca", local_ca_keys, NUM(local_ca_keys), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    json_t *v = json_object_get(obj, "lifetime");
+    if (v != NULL) {
+        size_t m = path_push_key(k, "lifetime");
+        uint64_t ms;
+        /* At least a minute so renewal (at a third left) is not a busy loop;
+         * at most 90 days, the longest lifetime public CAs issue. */
+        if (read_duration(k, v, CFG_MS_PER_M, 90ull * CFG_MS_PER_D, &ms) == 0) {
+            if (ms % CFG_MS_PER_S != 0) {
+                problem(k, "must be a whole number of seconds");
+            } else {
+                c->local_lifetime_s = (uint32_t)(ms / CFG_MS_PER_S);
+            }
+        }
+        path_pop(k, m);
+    }
+    path_pop(k, mark);
+}
+
+/* Sites ---------------------------------------------------------------------- */
+
+static void read_hosts(struct check *k, json_t *site, struct cfg_site *s)
+{
+    json_t *v = json_object_get(site, "hosts");
+    size_t mark = path_push_key(k, "hosts");
+    size_t n = json_array_size(v);
+    if (v == NULL) {
+        problem(k, "required key is missing");
+    } else if (json_is_string(v)) {
+        char quoted[CFG_QUOTE_MAX * 6 + 8];
+        quote(quoted, sizeof(quoted), json_string_value(v));
+        problem(k, "expected an array of strings, got string (write [%s])", quoted);
+    } else if (!json_is_array(v)) {
+        problem_type(k, "an array of strings", v);
+    } else if (n == 0) {
+        problem(k, "must list at least one host name");
+    } else if ((s->hosts = check_calloc(k, n, sizeof(char *))) != NULL) {
+        s->num_hosts = n;
+        for (size_t i = 0; i < n; i++) {
+            size_t m = path_push_index(k, i);
+            json_t *e = json_array_get(v, i);
+            if (!json_is_string(e)) {
+                problem_type(k, "a string", e);
+            } else {
+                add_host(k, &s->hosts[i], json_string_value(e), json_string_length(e));
+            }
+            path_pop(k, m);
+        }
+    }
+    path_pop(k, mark);
+}
+
+static void read_to(struct check *k, json_t *site, struct cfg_site *s)
+{
+    json_t *v = json_object_get(site, "to");
+    size_t mark = path_push_key(k, "to");
+    size_t n = json_array_size(v);
+    if (v == NULL) {
+        problem(k, "required key is missing");
+    } else if (json_is_string(v)) {
+        if ((s->to = check_calloc(k, 1, sizeof(struct cfg_addr))) != NULL) {
+            s->num_to = 1;
+            add_backend(k, &s->to[0], json_string_value(v));
+        }
+    } else if (!json_is_array(v)) {
+        problem_type(k, "a string or an array of strings", v);
+    } else if (n == 0) {
+        problem(k, "must list at least one backend");
+    } else if ((s->to = check_calloc(k, n, sizeof(struct cfg_addr))) != NULL) {
+        s->num_to = n;
+        for (size_t i = 0; i < n; i++) {
+            size_t m = path_push_index(k, i);
+            json_t *e = json_array_get(v, i);
+            if (!json_is_string(e)) {
+                problem_type(k, "a string", e);
+            } else {
+                add_backend(k, &s->to[i], json_string_value(e));
+            }
+            path_pop(k, m);
+        }
+    }
+    path_pop(k, mark);
+}
+
+/* read_tls_file stores the absolute path of obj[key] in *out after checking
+ * that the file is readable now, so a typo fails at load, not at the first
+ * handshake. */
+static void read_tls_file(struct check *k, json_t *obj, const char *key, char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    size_t mark = path_push_key(k, key);
+    const char *s;
+    if (v == NULL) {
+        problem(k, "required key is missing");
+    } else if ((s = read_string(k, v)) != NULL && (s[0] == '/' || base_dir(k) != NULL) &&
+               (*out = absolute_path(k, s, k->base_dir)) != NULL) {
+        struct stat st;
+        char ebuf[128];
+        if (access(*out, R_OK) != 0) {
+            problem(k, "%s: %s", *out, strerror_r(errno, ebuf, sizeof(ebuf)));
+        } else if (stat(*out, &st) == 0 && S_ISDIR(st.st_mode)) {
+            problem(k, "%s: is a directory", *out);
+        }
+    }
+    path_pop(k, mark);
+}
+
+static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
+{
+    json_t *v = json_object_get(site, "tls");
+    s->tls = CFG_TLS_LOCAL;
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, "tls");
+    if (json_is_string(v)) {
+        if (strcmp(json_string_value(v), "local") != 0) {
+            char quoted[CFG_QUOTE_MAX * 6 + 8];
+            quote(quoted, sizeof(quoted), json_string_value(v));
+            problem(k, "%s is not a TLS source (use \"local\" or {\"cert\": PATH, \"key\": PATH})",
+                    quoted);
+        }
+    } else if (json_is_object(v)) {
+        s->tls = CFG_TLS_FILES;
+        check_keys(k, v, tls_keys, NUM(tls_keys));
+        read_tls_file(k, v, "cert", &s->cert_file);
+        read_tls_file(k, v, "key", &s->key_file);
+    } else {
+        problem_type(k, "\"local\" or an object {\"cert\": PATH, \"key\": PATH}", v);
+    }
+    path_pop(k, mark);
+}
+
+static void read_site(struct check *k, json_t *v, struct cfg_site *s)
+{
+    if (!json_is_object(v)) {
+        problem_type(k, "an object", v);
+        return;
+    }
+    check_keys(k, v, site_keys, NUM(site_keys));
+    read_hosts(k, v, s);
+    read_to(k, v, s);
+    read_tls(k, v, s);
+}
+
+struct host_seen {
+    const char *name; /* borrowed from the snapshot */
+    size_t site;
+    size_t index;
+};
+
+/* check_duplicate_hosts reports each host already listed earlier, in any
+ * site: routing by name needs one answer. Uses a hash set so a config with
+ * many thousands of names stays linear. */
+static void check_duplicate_hosts(struct check *k, const struct cfg *c)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < c->num_sites; i++) {
+        total += c->sites[i].num_hosts;
+    }
+    size_t cap = 16;
+    while (cap < total * 2) {
+        cap *= 2;
+    }
+    struct host_seen *seen = check_calloc(k, cap, sizeof(*seen));
+    if (seen == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < c->num_sites; i++) {
+        for (size_t j = 0; j < c->sites[i].num_hosts; j++) {
+            const char *name = c->sites[i].hosts[j];
+            if (name == NULL) {
+                continue;
+            }
+            uint64_t h = 1469598103934665603ull; /* FNV-1a */
+            for (const char *p = name; *p != '\0'; p++) {
+                h = (h ^ (unsigned char)*p) * 1099511628211ull;
+            }
+            size_t slot = (size_t)h & (cap - 1);
+            while (seen[slot].name != NULL && strcmp(seen[slot].name, name) != 0) {
+                slot = (slot + 1) & (cap - 1);
+            }
+            if (seen[slot].name == NULL) {
+                seen[slot] = (struct host_seen){name, i, j};
+                continue;
+            }
+            char where[64];
+            char quoted[CFG_QUOTE_MAX * 6 + 8];
+            snprintf(where, sizeof(where), "sites[%zu].hosts[%zu]", i, j);
+            path_set(k, where);
+            quote(quoted, sizeof(quoted), name);
+            if (seen[slot].site == i) {
+                problem(k, "%s is listed twice (also at sites[%zu].hosts[%zu])", quoted, i,
+                        seen[slot].index);
+            } else {
+                problem(k, "%s is already served by sites[%zu]", quoted, seen[slot].site);
+            }
+        }
+    }
+    path_set(k, "");
+    free(seen);
+}
+
+static void read_sites(struct check *k, json_t *root, struct cfg *c)
+{
+    json_t *v = json_object_get(root, "sites");
+    size_t mark = path_push_key(k, "sites");
+    size_t n = json_array_size(v);
+    if (v == NULL) {
+        problem(k, "required key is missing (list at least one site)");
+    } else if (!json_is_array(v)) {
+        problem_type(k, "an array of sites", v);
+    } else if (n == 0) {
+        problem(k, "must list at least one site");
+    } else if ((c->sites = check_calloc(k, n, sizeof(struct cfg_site))) != NULL) {
+        c->num_sites = n;
+        for (size_t i = 0; i < n; i++) {
+            size_t m = path_push_index(k, i);
+            read_site(k, json_array_get(v, i), &c->sites[i]);
+            path_pop(k, m);
+        }
+        check_duplicate_hosts(k, c);
+    }
+    path_pop(k, mark);
+}
+
+/* Entry points ----------------------------------------------------------------- */
+
+struct cfg *cfg_build(json_t *root, const char *name, const char *data_dir_override,
+                      struct cfg_problems *problems)
+{
+    struct check k;
+    const char *data_dir = NULL;
+    bool ports_ok = false;
+
+    check_init(&k, problems);
+    struct cfg *c = cfg_alloc(&k);
+    if (c == NULL) {
+        return check_finish(&k, c);
+    }
+    k.name = name;
+    check_keys(&k, root, root_keys, NUM(root_keys));
+    read_top_scalars(&k, root, c, &data_dir, &ports_ok);
+    read_timeouts(&k, root, &c->timeouts);
+    read_limits(&k, root, &c->limits);
+    read_trusted_proxies(&k, root, c);
+    read_log(&k, root, c);
+    read_local_ca(&k, root, c);
+    read_sites(&k, root, c);
+    path_set(&k, "data_dir");
+    resolve_data_dir(&k, c, data_dir_override, data_dir);
+    if (ports_ok) {
+        check_ports(&k, c, "http_port");
+    }
+    return check_finish(&k, c);
+}
+
+struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_problems)
+{
+    struct cfg_problems local = {0};
+    struct cfg_problems *problems = out_problems != NULL ? out_problems : &local;
+    static const struct cfg_quick no_flags = {.https_port = -1, .http_port = -1};
+    struct check k;
+    bool ports_ok = true;
+
+    if (q == NULL) {
+        q = &no_flags;
+    }
+    memset(problems, 0, sizeof(*problems));
+    check_init(&k, problems);
+    struct cfg *c = cfg_alloc(&k);
+    if (c == NULL) {
+        goto out;
+    }
+    path_set(&k, "--data-dir");
+    resolve_data_dir(&k, c, q->data_dir, NULL);
+    if (q->bind != NULL) {
+        path_set(&k, "--bind");
+        set_bind(&k, c, q->bind);
+    }
+    if (q->https_port != -1) {
+        path_set(&k, "--https-port");
+        if (q->https_port < 1 || q->https_port > 65535) {
+            problem(&k, "must be 1..65535, got %d", q->https_port);
+            ports_ok = false;
+        } else {
+            c->https_port = (uint16_t)q->https_port;
+        }
+    }
+    if (q->http_port != -1) {
+        path_set(&k, "--http-port");
+        if (q->http_port < 0 || q->http_port > 65535) {
+            problem(&k, "must be 0..65535, got %d", q->http_port);
+            ports_ok = false;
+        } else {
+            c->http_port = (uint16_t)q->http_port;
+        }
+    }
+    if (ports_ok) {
+        check_ports(&k, c, "--http-port");
+    }
+    if ((c->sites = check_calloc(&k, 1, sizeof(struct cfg_site))) == NULL) {
+        goto out;
+    }
+    c->num_sites = 1;
+    struct cfg_site *s = &c->sites[0];
+    s->tls = CFG_TLS_LOCAL;
+    path_set(&k, "--from");
+    if (q->from == NULL || q->from[0] == '\0') {
+        problem(&k, "missing: give the host name to serve, e.g. --from localhost");
+    } else if ((s->hosts = check_calloc(&k, 1, sizeof(char *))) != NULL) {
+        s->num_hosts = 1;
+        add_host(&k, &s->hosts[0], q->from, strlen(q->from));
+    }
+    path_set(&k, "--to");
+    if (q->num_to == 0 || q->to == NULL) {
+        problem(&k, "missing: give at least one backend, e.g. --to 127.0.0.1:8080");
+    } else if ((s->to = check_calloc(&k, q->num_to, sizeof(struct cfg_addr))) != NULL) {
+        s->num_to = q->num_to;
+        for (size_t i = 0; i < q->num_to; i++) {
+            if (q->to[i] == NULL) {
+                problem(&k, "missing address");
+            } else {
+                add_backend(&k, &s->to[i], q->to[i]);
+            }
+        }
+    }
+out:
+    c = check_finish(&k, c);
+    cfg_problems_cleanup(&local);
+    return c;
+}

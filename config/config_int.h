@@ -1,0 +1,77 @@
+/* Internals shared by the config module's files: the JSON-to-snapshot builder
+ * (validate.c), host-name, address and CIDR syntax (addr.c), problem lists and
+ * duration text (config.c, validate.c). Not for other modules: they use
+ * config.h. */
+#ifndef DM_CONFIG_CONFIG_INT_H
+#define DM_CONFIG_CONFIG_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "config/config.h"
+
+/* At most this many problems are kept; the last slot says more were found.
+ * A broken generated file can hold millions of mistakes, and nobody reads
+ * past the first screen. */
+#define CFG_MAX_PROBLEMS 100
+
+/* Longest message text for one problem, path excluded. */
+#define CFG_MSG_MAX 512
+
+/* User text quoted in messages is cut after this many bytes (with "..."). */
+#define CFG_QUOTE_MAX 80
+
+/* Longest host name, RFC 1035 section 2.3.4 (without the trailing dot). */
+#define CFG_HOST_MAX 253
+
+/* Durations in milliseconds. */
+#define CFG_MS_PER_S 1000u
+#define CFG_MS_PER_M (60u * CFG_MS_PER_S)
+#define CFG_MS_PER_H (60u * CFG_MS_PER_M)
+#define CFG_MS_PER_D (24u * CFG_MS_PER_H)
+
+/* cfg_problems_add appends one formatted problem to p (NULL: dropped). Past
+ * CFG_MAX_PROBLEMS items the rest are dropped and the last item says so. Out
+ * of memory drops the problem silently: callers count problems themselves. */
+void cfg_problems_add(struct cfg_problems *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* cfg_build turns a parsed JSON object into a new snapshot (refs = 1), or
+ * returns NULL with every problem appended to problems. name is the file name
+ * (relative tls paths start from its directory). */
+struct cfg *cfg_build(json_t *root, const char *name, const char *data_dir_override,
+                      struct cfg_problems *problems);
+
+/* cfg_quote writes s[0..len) into out as a double-quoted string for messages:
+ * quotes, backslashes and control bytes escaped, cut after CFG_QUOTE_MAX bytes
+ * with "...". out is always NUL-terminated (cap >= 1). */
+void cfg_quote(char *out, size_t cap, const char *s, size_t len);
+
+enum cfg_host_flags {
+    CFG_HOST_NAME_ONLY = 0,
+    CFG_HOST_ALLOW_WILDCARD = 1 << 0, /* "*.example.test" */
+    CFG_HOST_ALLOW_IP = 1 << 1,       /* "192.0.2.1", "2001:db8::1", "[2001:db8::1]" */
+};
+
+/* cfg_host_normalize checks the host name in[0..len) and writes its stored
+ * form into out: lower-case, one trailing dot removed, IP literals in
+ * canonical text without brackets. flags is a mask of enum cfg_host_flags.
+ * Returns 0, or -1 with msg set to "\"a_b.test\" is not a valid host name:
+ * ...". out needs CFG_HOST_MAX + 1 bytes. */
+int cfg_host_normalize(char *out, size_t cap, const char *in, size_t len, unsigned flags, char *msg,
+                       size_t msg_cap);
+
+/* cfg_cidr_parse parses "10.0.0.0/8", "2001:db8::/32" or a bare IP (a /32 or
+ * /128) into out, clearing host bits. Returns 0, or -1 with a message. */
+int cfg_cidr_parse(struct cfg_cidr *out, const char *text, char *msg, size_t msg_cap);
+
+/* cfg_cidr_format writes c as "net/prefix" into out. Returns 0 or -1. */
+int cfg_cidr_format(char *out, size_t cap, const struct cfg_cidr *c);
+
+/* cfg_duration_format writes ms in the largest unit that divides it exactly
+ * ("90s", "7d", "250ms"), so parsing the text gives ms back. */
+void cfg_duration_format(char *out, size_t cap, uint64_t ms);
+
+#endif
