@@ -56,7 +56,8 @@ struct acme_cert *acme_store_get_default(struct acme_store *s);
 
 /* acme_store_put maps name (exact or "*.x") to cert, replacing any previous
  * entry atomically; the store takes its own reference. is_default marks the
- * no-SNI fallback. Returns 0 or -1 (out of memory). */
+ * no-SNI fallback (without any, the first name put is the fallback). Returns 0
+ * or -1 (out of memory, or name empty or longer than 253 bytes). */
 int acme_store_put(struct acme_store *s, const char *name, struct acme_cert *cert, bool is_default);
 
 /* acme_store_remove drops name; handshakes holding the old cert keep it. */
@@ -84,7 +85,8 @@ int acme_local_root_path(const char *data_dir, char *buf, size_t cap);
 /* acme_local_ca_issue makes a new P-256 key and a leaf for names (SANs; the
  * first is the CN), valid from now-1h to now+lifetime_s, signed by the root.
  * Returns a new certificate (refs = 1); chain = leaf + root. If out_chain_pem
- * and out_key_pem are not NULL they receive new PEM strings (caller frees). */
+ * and out_key_pem are not NULL they receive new PEM strings (caller frees;
+ * wipe the key PEM with OPENSSL_cleanse first). */
 struct acme_cert *acme_local_ca_issue(struct acme_local_ca *ca, const char *const *names,
                                       size_t num_names, long lifetime_s, char **out_chain_pem,
                                       char **out_key_pem, struct dm_err *err);
@@ -95,6 +97,9 @@ struct acme_cert *acme_local_ca_issue(struct acme_local_ca *ca, const char *cons
  * (the control thread's loop) when a third of their lifetime remains. */
 struct acme_manager;
 
+/* acme_manager_new returns a manager filling store (borrowed; must outlive
+ * it) from data_dir, with renewal timers in base (borrowed). base may be NULL
+ * for one-shot commands: then nothing is renewed. Control thread only. */
 struct acme_manager *acme_manager_new(struct event_base *base, struct acme_store *store,
                                       const char *data_dir, struct dm_err *err);
 void acme_manager_free(struct acme_manager *m);
@@ -108,5 +113,10 @@ int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_
 /* acme_manager_local_ca returns the manager's local CA (borrowed), opening it
  * on first use; NULL with err if it cannot be created. */
 struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_err *err);
+
+/* acme_manager_next_renewal returns when the local certificate serving name
+ * is next renewed (or retried after a failure), in seconds since the epoch;
+ * 0 if no local certificate serves name. For tests and the admin API. */
+time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name);
 
 #endif

@@ -1,0 +1,85 @@
+/* Where issued certificates persist: a small key-value interface (issuer,
+ * name) -> chain PEM, key PEM, metadata, with a filesystem backend today and
+ * room for others (Redis) behind the same ops table. Calls are synchronous for
+ * now: the only caller, the manager, runs on the control thread and the
+ * filesystem backend does small atomic writes (STYLE §6). When a networked
+ * backend arrives, the ops grow _start(..., cb, arg) variants; callers already
+ * keep no state across a call, so the change stays local.
+ * Layout of the filesystem backend: docs/certificates.md. */
+#ifndef DM_ACME_STORAGE_H
+#define DM_ACME_STORAGE_H
+
+#include <stddef.h>
+#include <time.h>
+
+struct dm_err;
+
+/* Metadata stored next to a certificate (meta.json). Times are seconds since
+ * the epoch. */
+struct acme_storage_meta {
+    char **names; /* owned: SANs in issue order (the first is the CN) */
+    size_t num_names;
+    char *issuer; /* owned: "local", later an ACME directory id */
+    time_t not_before;
+    time_t not_after;
+    time_t renew_after; /* when renewal becomes due (jitter included) */
+    char *last_error;   /* owned: last renewal failure, NULL if none */
+};
+
+/* acme_storage_meta_cleanup frees the fields of m (not m) and zeroes it. */
+void acme_storage_meta_cleanup(struct acme_storage_meta *m);
+
+struct acme_storage;
+
+/* The backend table. Every function returns 0 or -1 with err; a missing
+ * entry is DM_E_NOTFOUND. issuer and name must pass acme_storage_key_valid. */
+struct acme_storage_ops {
+    /* get reads an entry: new NUL-terminated PEM strings (caller frees;
+     * key with acme_pem_free_secret) and, if out_meta is not NULL, the
+     * metadata (caller cleans up). */
+    int (*get)(struct acme_storage *st, const char *issuer, const char *name, char **out_cert_pem,
+               char **out_key_pem, struct acme_storage_meta *out_meta, struct dm_err *err);
+    /* put replaces an entry (key written 0600). */
+    int (*put)(struct acme_storage *st, const char *issuer, const char *name, const char *cert_pem,
+               const char *key_pem, const struct acme_storage_meta *meta, struct dm_err *err);
+    /* del removes an entry; removing a missing one succeeds. */
+    int (*del)(struct acme_storage *st, const char *issuer, const char *name, struct dm_err *err);
+    /* list returns the names stored for issuer (new array of new strings;
+     * free with acme_storage_names_free). */
+    int (*list)(struct acme_storage *st, const char *issuer, char ***out_names, size_t *out_num,
+                struct dm_err *err);
+    void (*free)(struct acme_storage *st);
+};
+
+struct acme_storage {
+    const struct acme_storage_ops *ops; /* borrowed: static table of the backend */
+};
+
+/* acme_storage_fs_new returns the filesystem backend rooted at
+ * <data_dir>/certificates (created on first put), or NULL with err. */
+struct acme_storage *acme_storage_fs_new(const char *data_dir, struct dm_err *err);
+
+/* acme_storage_free frees st via its backend; NULL does nothing. */
+void acme_storage_free(struct acme_storage *st);
+
+/* Thin wrappers that check issuer and name, then call the backend. */
+int acme_storage_get(struct acme_storage *st, const char *issuer, const char *name,
+                     char **out_cert_pem, char **out_key_pem, struct acme_storage_meta *out_meta,
+                     struct dm_err *err);
+int acme_storage_put(struct acme_storage *st, const char *issuer, const char *name,
+                     const char *cert_pem, const char *key_pem,
+                     const struct acme_storage_meta *meta, struct dm_err *err);
+int acme_storage_delete(struct acme_storage *st, const char *issuer, const char *name,
+                        struct dm_err *err);
+int acme_storage_list(struct acme_storage *st, const char *issuer, char ***out_names,
+                      size_t *out_num, struct dm_err *err);
+
+/* acme_storage_names_free frees a list returned by acme_storage_list. */
+void acme_storage_names_free(char **names, size_t num);
+
+/* acme_storage_key_valid tells whether issuer ([a-z0-9_-], 1..64 bytes) and
+ * name (a certificate name per acme_name_valid) are safe to use as keys; they
+ * become path components, so this is what keeps "/" and ".." out. */
+int acme_storage_key_valid(const char *issuer, const char *name, struct dm_err *err);
+
+#endif
