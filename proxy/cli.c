@@ -42,8 +42,12 @@ struct control {
 
 static void print_problems(const char *what, const struct cfg_problems *p)
 {
+    size_t wlen = what ? strlen(what) : 0;
     for (size_t i = 0; i < p->num_items; i++) {
-        fprintf(stderr, "%s%s%s\n", what ? what : "", what ? ": " : "", p->items[i]);
+        /* Syntax errors already start with "FILE:LINE:COL". */
+        bool has_file = what && strncmp(p->items[i], what, wlen) == 0 && p->items[i][wlen] == ':';
+        bool prefix = what && !has_file;
+        fprintf(stderr, "%s%s%s\n", prefix ? what : "", prefix ? ": " : "", p->items[i]);
     }
 }
 

@@ -17,6 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "acme/solver.h"
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
 #include "proxy/core/time.h"
@@ -168,8 +169,7 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
         c->ssl = SSL_new(dm_proxy_g.ssl_ctx);
         if (c->ssl == NULL || !SSL_set_fd(c->ssl, fd)) {
             dm_err_set_tls(NULL, "SSL_new");
-            conn_close(c);
-            conn_release(c);
+            conn_close(c); /* drops the connection's own reference */
             return;
         }
         SSL_set_ex_data(c->ssl, dm_tls_conn_index, c);
@@ -183,9 +183,9 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
         conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
     }
     event_add(&c->rev, NULL);
-    /* With TCP_DEFER_ACCEPT the first flight is usually already here. */
+    /* With TCP_DEFER_ACCEPT the first flight is usually already here. The
+     * connection's own reference is dropped by conn_close. */
     conn_on_read(fd, EV_READ, c);
-    conn_release(c);
     return;
 fail:
     if (c->in != NULL) {
@@ -305,18 +305,34 @@ static const char *status_text(int status)
     }
 }
 
+static void conn_respond_full(struct dm_conn *c, int status, const char *content_type,
+                              const char *extra_headers, const char *body, bool close_after);
+
 /* conn_respond writes a complete short response made by the proxy itself. */
 static void conn_respond(struct dm_conn *c, int status, const char *extra_headers,
                          const char *body, bool close_after)
+{
+    conn_respond_full(c, status, "text/plain; charset=utf-8", extra_headers, body, close_after);
+}
+
+static void conn_respond_typed(struct dm_conn *c, int status, const char *content_type,
+                               const char *body, bool close_after)
+{
+    conn_respond_full(c, status, content_type, NULL, body, close_after);
+}
+
+static void conn_respond_full(struct dm_conn *c, int status, const char *content_type,
+                              const char *extra_headers, const char *body, bool close_after)
 {
     if (c->want_close || !c->keep_alive) {
         close_after = true;
     }
     size_t body_len = strlen(body);
     evbuffer_add_printf(c->out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                         "Content-Length: %zu\r\n%s%s\r\n",
-                        status, status_text(status), body_len, extra_headers ? extra_headers : "",
+                        status, status_text(status), content_type, body_len,
+                        extra_headers ? extra_headers : "",
                         close_after ? "Connection: close\r\n" : "");
     if (!c->is_head) {
         evbuffer_add(c->out, body, body_len);
@@ -662,6 +678,21 @@ static void conn_start_request(struct dm_conn *c, size_t head_len)
     }
     bool has_body = m->body != DM_HTTP1_BODY_NONE;
 
+    /* http-01 (RFC 8555 §8.3) is answered before the HTTPS redirect. */
+    if (c->ssl == NULL && m->target_len > 28 &&
+        memcmp(m->target, "/.well-known/acme-challenge/", 28) == 0 &&
+        (dm_str_ieq_lit(m->method, m->method_len, "GET") || c->is_head)) {
+        char key_auth[512];
+        int n = acme_http01_lookup(m->target + 28, m->target_len - 28, key_auth,
+                                   sizeof(key_auth));
+        if (n >= 0) {
+            evbuffer_drain(c->in, head_len);
+            dm_log(DM_LOG_INFO, "acme", "http-01 challenge answered for %s from %s", c->host,
+                   c->peer_ip);
+            conn_respond_typed(c, 200, "application/octet-stream", key_auth, has_body);
+            return;
+        }
+    }
     if (c->ssl == NULL && cfg->redirect_http) {
         evbuffer_drain(c->in, head_len);
         if (c->host[0] == '\0') {
@@ -818,6 +849,11 @@ static void conn_handshake(struct dm_conn *c)
 {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
+        if (c->is_acme_alpn) {
+            /* RFC 8737 §3: the validation is the handshake; nothing follows. */
+            conn_finish(c);
+            return;
+        }
         c->state = DM_CONN_IDLE;
         conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
         return;

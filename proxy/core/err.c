@@ -8,7 +8,7 @@
 
 #include <openssl/err.h>
 
-static void err_vset(struct dm_err *err, enum dm_errcode code, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void err_vset(struct dm_err *err, enum dm_errcode code, const char *fmt, va_list ap)
 {
     err->code = code;
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
