@@ -53,6 +53,63 @@ static inline bool is_ows(unsigned char c)
     return c == ' ' || c == '\t';
 }
 
+/* SWAR tests over 8 bytes ("Bit Twiddling Hacks"): whether any byte of x is
+ * < n (n <= 128), or > n (n <= 127). Each answers "any" exactly, which is all
+ * the fast paths below need. */
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+static inline uint64_t any_less(uint64_t x, uint64_t n)
+{
+    return (x - ONES * n) & ~x & HIGHS;
+}
+
+static inline uint64_t any_more(uint64_t x, uint64_t n)
+{
+    return ((x + ONES * (127 - n)) | x) & HIGHS;
+}
+
+static inline uint64_t load8(const unsigned char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, sizeof(x));
+    return x;
+}
+
+/* skip_value returns the first offset from pos, below end + 1, whose byte is
+ * not C_VALUE: eight bytes at a time while they are all VCHAR or SP, then
+ * byte by byte (HTAB, obs-text). s[end] must not be C_VALUE. */
+static inline size_t skip_value(const unsigned char *s, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t x = load8(s + pos);
+        if (any_less(x, 0x20) | any_more(x, 0x7e)) { /* CTL, DEL or obs-text */
+            break;
+        }
+        pos += 8;
+    }
+    while (ctab[s[pos]] & C_VALUE) {
+        pos++;
+    }
+    return pos;
+}
+
+/* skip_target is skip_value for VCHARs (request-target bytes). */
+static inline size_t skip_target(const unsigned char *s, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t x = load8(s + pos);
+        if (any_less(x, 0x21) | any_more(x, 0x7e)) {
+            break;
+        }
+        pos += 8;
+    }
+    while (ctab[s[pos]] & C_TARGET) {
+        pos++;
+    }
+    return pos;
+}
+
 static inline unsigned hex_value(unsigned char c)
 {
     return c <= '9' ? (unsigned)(c - '0') : (unsigned)((c | 0x20) - 'a' + 10);
@@ -138,11 +195,16 @@ static ssize_t scan_head(struct dm_http1_parser *p, struct dm_http1_msg *msg, co
             break;
         }
         size_t i = (size_t)(lf - buf);
-        size_t line_start = p->line_start;
-        if (i == line_start || buf[i - 1] != '\r') {
+        size_t raw_len = i - p->line_start; /* bytes before the LF */
+        /* Same test as for a partial start line below, and before the CR
+         * check, so the verdict does not depend on how the bytes arrived. */
+        if (p->num_lines == 0 && raw_len >= 2 && raw_len - 2 >= lim->max_line) {
+            return fail(msg, is_response, 414, "start line too long");
+        }
+        if (raw_len == 0 || buf[i - 1] != '\r') {
             return fail(msg, is_response, 400, "bare LF");
         }
-        size_t line_len = i - 1 - line_start;
+        size_t line_len = raw_len - 1;
         pos = i + 1;
         p->line_start = pos;
         if (p->num_lines == 0) {
@@ -155,9 +217,6 @@ static ssize_t scan_head(struct dm_http1_parser *p, struct dm_http1_msg *msg, co
                     return fail(msg, is_response, 400, "too many empty lines before the request");
                 }
                 continue;
-            }
-            if (line_len > lim->max_line) {
-                return fail(msg, is_response, 414, "start line too long");
             }
         } else if (line_len == 0) {
             dm_http1_parser_init(p);
@@ -209,8 +268,8 @@ static bool check_host(const unsigned char *h, size_t len, bool need_host, bool 
                 break;
             }
         }
-        if (i == 0 && need_host) {
-            return false;
+        if (i == 0 && (need_host || i < len)) {
+            return false; /* a port needs a host; an empty Host is valid */
         }
     }
     if (i == len) {
@@ -462,12 +521,13 @@ static const char *on_known_field(struct dm_http1_msg *msg, struct head_state *s
     }
 }
 
-/* parse_fields validates the field lines from s + pos up to the final CRLF at
+/* parse_fields validates the field lines from buf + pos up to the final CRLF at
  * head_len - 2 and fills msg->headers, msg->known and st. */
-static ssize_t parse_fields(struct dm_http1_msg *msg, struct head_state *st, const unsigned char *s,
+static ssize_t parse_fields(struct dm_http1_msg *msg, struct head_state *st, const char *buf,
                             size_t pos, size_t head_len, const struct dm_http1_limits *lim,
                             bool is_response)
 {
+    const unsigned char *s = (const unsigned char *)buf;
     size_t end = head_len - 2;
     size_t num = 0;
     while (pos < end) {
@@ -490,9 +550,7 @@ static ssize_t parse_fields(struct dm_http1_msg *msg, struct head_state *st, con
             pos++;
         }
         size_t v0 = pos;
-        while (ctab[s[pos]] & C_VALUE) {
-            pos++;
-        }
+        pos = skip_value(s, pos, end);
         if (s[pos] != '\r' || s[pos + 1] != '\n') {
             return fail(msg, is_response, 400,
                         s[pos] == '\r' ? "bare CR"
@@ -508,9 +566,9 @@ static ssize_t parse_fields(struct dm_http1_msg *msg, struct head_state *st, con
             return fail(msg, is_response, 431, "too many header fields");
         }
         struct dm_http1_header *h = &msg->headers[num];
-        h->name = (const char *)s + n0;
+        h->name = buf + n0;
         h->name_len = n_len;
-        h->value = (const char *)s + v0;
+        h->value = buf + v0;
         h->value_len = v1 - v0;
         const char *why =
             on_known_field(msg, st, (int)num, s + n0, n_len, s + v0, v1 - v0, is_response);
@@ -538,22 +596,16 @@ static int parse_version(const unsigned char *v)
     return v[7] - '0';
 }
 
-ssize_t dm_http1_parse_request(struct dm_http1_parser *p, struct dm_http1_msg *msg, const char *buf,
-                               size_t len, const struct dm_http1_limits *lim)
+/* parse_request_line parses request-line = method SP request-target SP
+ * HTTP-version CRLF (RFC 9112 §3) after any leading empty lines. Returns the
+ * offset of the first field line or DM_PARSE_ERROR. */
+static ssize_t parse_request_line(struct dm_http1_msg *msg, const char *buf, size_t head_len)
 {
-    msg_reset(msg);
-    ssize_t rv = scan_head(p, msg, buf, len, lim, false);
-    if (rv <= 0) {
-        return rv;
-    }
-    size_t head_len = (size_t)rv;
     const unsigned char *s = (const unsigned char *)buf;
     size_t pos = 0;
     while (s[pos] == '\r' && s[pos + 1] == '\n') {
         pos += 2; /* leading empty lines, counted by scan_head */
     }
-
-    /* request-line = method SP request-target SP HTTP-version (RFC 9112 §3) */
     size_t m0 = pos;
     while (ctab[s[pos]] & C_TOKEN) {
         pos++;
@@ -564,9 +616,7 @@ ssize_t dm_http1_parse_request(struct dm_http1_parser *p, struct dm_http1_msg *m
     msg->method = buf + m0;
     msg->method_len = pos - m0;
     size_t t0 = ++pos;
-    while (ctab[s[pos]] & C_TARGET) {
-        pos++;
-    }
+    pos = skip_target(s, pos, head_len - 1);
     if (pos == t0 || s[pos] != ' ') {
         return fail(msg, false, 400, "invalid request-target");
     }
@@ -584,63 +634,77 @@ ssize_t dm_http1_parse_request(struct dm_http1_parser *p, struct dm_http1_msg *m
         return fail(msg, false, 505, "unsupported HTTP version");
     }
     msg->version_minor = minor;
-    pos += 10;
     if (!check_target(s + m0, msg->method_len, s + t0, msg->target_len)) {
         return fail(msg, false, 400, "request-target form not allowed");
     }
+    return (ssize_t)(pos + 10);
+}
 
-    struct head_state st = {0};
-    if (parse_fields(msg, &st, s, pos, head_len, lim, false) < 0) {
-        return DM_PARSE_ERROR;
-    }
-
-    if (minor == 1 && st.num_host == 0) {
+/* request_framing decides the body and connection fields of a request from
+ * st (RFC 9112 §6.1, §6.3, §9.3): anything ambiguous is an error. */
+static ssize_t request_framing(struct dm_http1_msg *msg, const struct head_state *st)
+{
+    int minor = msg->version_minor;
+    if (minor == 1 && st->num_host == 0) {
         return fail(msg, false, 400, "missing Host");
     }
-    /* Framing, RFC 9112 §6.1 and §6.3: anything ambiguous is an error. */
-    if (st.has_te) {
+    if (st->has_te) {
         if (minor == 0) {
             return fail(msg, false, 400, "Transfer-Encoding in HTTP/1.0");
         }
-        if (st.has_cl) {
+        if (st->has_cl) {
             return fail(msg, false, 400, "both Content-Length and Transfer-Encoding");
         }
-        if (!st.te_last_chunked) {
+        if (!st->te_last_chunked) {
             return fail(msg, false, 400, "final transfer coding is not chunked");
         }
-        if (st.te_other) {
+        if (st->te_other) {
             return fail(msg, false, 501, "unsupported transfer coding");
         }
         msg->body = DM_HTTP1_BODY_CHUNKED;
-    } else if (st.has_cl) {
-        msg->content_length = st.content_length;
-        msg->body = st.content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
+    } else if (st->has_cl) {
+        msg->content_length = st->content_length;
+        msg->body = st->content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
     }
-
-    /* RFC 9112 §9.3; RFC 9110 §7.8 and §10.1.1: HTTP/1.0 Upgrade and Expect are ignored. */
-    msg->conn_has_close = st.conn_close;
-    msg->keep_alive = !st.conn_close && (minor == 1 || st.conn_keep_alive);
-    msg->is_upgrade = minor == 1 && st.conn_upgrade && msg->known.upgrade >= 0;
+    /* RFC 9110 §7.8 and §10.1.1: Upgrade and Expect are ignored in HTTP/1.0. */
+    msg->conn_has_close = st->conn_close;
+    msg->keep_alive = !st->conn_close && (minor == 1 || st->conn_keep_alive);
+    msg->is_upgrade = minor == 1 && st->conn_upgrade && msg->known.upgrade >= 0;
     if (minor == 0) {
         msg->expect_continue = false;
+    }
+    return 0;
+}
+
+ssize_t dm_http1_parse_request(struct dm_http1_parser *p, struct dm_http1_msg *msg, const char *buf,
+                               size_t len, const struct dm_http1_limits *lim)
+{
+    msg_reset(msg);
+    ssize_t rv = scan_head(p, msg, buf, len, lim, false);
+    if (rv <= 0) {
+        return rv;
+    }
+    ssize_t pos = parse_request_line(msg, buf, (size_t)rv);
+    if (pos < 0) {
+        return DM_PARSE_ERROR;
+    }
+    struct head_state st = {0};
+    if (parse_fields(msg, &st, buf, (size_t)pos, (size_t)rv, lim, false) < 0) {
+        return DM_PARSE_ERROR;
+    }
+    if (request_framing(msg, &st) < 0) {
+        return DM_PARSE_ERROR;
     }
     return rv;
 }
 
-ssize_t dm_http1_parse_response(struct dm_http1_parser *p, struct dm_http1_msg *msg,
-                                const char *buf, size_t len, const struct dm_http1_limits *lim,
-                                bool is_head)
+/* parse_status_line parses status-line = HTTP-version SP status-code SP
+ * [ reason-phrase ] CRLF (RFC 9112 §4), also without the second SP. Returns
+ * the offset of the first field line or DM_PARSE_ERROR. */
+static ssize_t parse_status_line(struct dm_http1_msg *msg, const char *buf, size_t head_len)
 {
-    msg_reset(msg);
-    ssize_t rv = scan_head(p, msg, buf, len, lim, true);
-    if (rv <= 0) {
-        return rv;
-    }
-    size_t head_len = (size_t)rv;
     const unsigned char *s = (const unsigned char *)buf;
-
-    /* status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4);
-     * "HTTP/1.1 200\r\n\r\n" (16 bytes) is the shortest head we accept. */
+    /* "HTTP/1.1 200\r\n\r\n" (16 bytes) is the shortest head we accept. */
     if (head_len < 16) {
         return fail(msg, true, 502, "invalid status line");
     }
@@ -654,8 +718,9 @@ ssize_t dm_http1_parse_response(struct dm_http1_parser *p, struct dm_http1_msg *
     msg->version_minor = minor;
     msg->status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
     size_t pos = 12;
+    msg->reason = buf + pos;
     if (s[pos] == ' ') {
-        pos++;
+        msg->reason = buf + ++pos;
         while (ctab[s[pos]] & C_VALUE) {
             pos++;
         }
@@ -663,46 +728,67 @@ ssize_t dm_http1_parse_response(struct dm_http1_parser *p, struct dm_http1_msg *
     if (s[pos] != '\r' || s[pos + 1] != '\n') {
         return fail(msg, true, 502, "invalid status line");
     }
-    msg->reason = buf + (pos > 12 ? 13 : 12);
-    msg->reason_len = pos > 12 ? pos - 13 : 0;
-    pos += 2;
+    msg->reason_len = (size_t)(buf + pos - msg->reason);
+    return (ssize_t)(pos + 2);
+}
 
-    struct head_state st = {0};
-    if (parse_fields(msg, &st, s, pos, head_len, lim, true) < 0) {
-        return DM_PARSE_ERROR;
-    }
-
-    /* Framing, RFC 9112 §6.1 and §6.3. Transfer-Encoding is checked even when
-     * the status has no body: a backend sending nonsense is not trusted. */
-    if (st.has_te) {
-        if (minor == 0) {
+/* response_framing decides the body and connection fields of a response
+ * from st (RFC 9112 §6.1, §6.3, §9.3). Transfer-Encoding is checked even when
+ * the status has no body: a backend sending nonsense is not trusted. */
+static ssize_t response_framing(struct dm_http1_msg *msg, const struct head_state *st, bool is_head)
+{
+    int status = msg->status;
+    if (st->has_te) {
+        if (msg->version_minor == 0) {
             return fail(msg, true, 502, "Transfer-Encoding in HTTP/1.0");
         }
-        if (st.has_cl) {
+        if (st->has_cl) {
             return fail(msg, true, 502, "both Content-Length and Transfer-Encoding");
         }
-        if (!st.te_last_chunked || st.te_other) {
+        if (!st->te_last_chunked || st->te_other) {
             return fail(msg, true, 502, "unsupported transfer coding");
         }
     }
-    if (st.has_cl) {
-        msg->content_length = st.content_length;
+    if (st->has_cl) {
+        msg->content_length = st->content_length;
     }
-    if (is_head || msg->status < 200 || msg->status == 204 || msg->status == 304) {
+    if (is_head || status < 200 || status == 204 || status == 304) {
         msg->body = DM_HTTP1_BODY_NONE;
-    } else if (st.has_te) {
+    } else if (st->has_te) {
         msg->body = DM_HTTP1_BODY_CHUNKED;
-    } else if (st.has_cl) {
-        msg->body = st.content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
+    } else if (st->has_cl) {
+        msg->body = st->content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
     } else {
         msg->body = DM_HTTP1_BODY_EOF;
     }
-
-    msg->conn_has_close = st.conn_close;
-    msg->keep_alive =
-        !st.conn_close && (minor == 1 || st.conn_keep_alive) && msg->body != DM_HTTP1_BODY_EOF;
-    msg->is_upgrade = st.conn_upgrade && msg->known.upgrade >= 0;
+    msg->conn_has_close = st->conn_close;
+    msg->keep_alive = !st->conn_close && (msg->version_minor == 1 || st->conn_keep_alive) &&
+                      msg->body != DM_HTTP1_BODY_EOF;
+    msg->is_upgrade = st->conn_upgrade && msg->known.upgrade >= 0;
     msg->expect_continue = false;
+    return 0;
+}
+
+ssize_t dm_http1_parse_response(struct dm_http1_parser *p, struct dm_http1_msg *msg,
+                                const char *buf, size_t len, const struct dm_http1_limits *lim,
+                                bool is_head)
+{
+    msg_reset(msg);
+    ssize_t rv = scan_head(p, msg, buf, len, lim, true);
+    if (rv <= 0) {
+        return rv;
+    }
+    ssize_t pos = parse_status_line(msg, buf, (size_t)rv);
+    if (pos < 0) {
+        return DM_PARSE_ERROR;
+    }
+    struct head_state st = {0};
+    if (parse_fields(msg, &st, buf, (size_t)pos, (size_t)rv, lim, true) < 0) {
+        return DM_PARSE_ERROR;
+    }
+    if (response_framing(msg, &st, is_head) < 0) {
+        return DM_PARSE_ERROR;
+    }
     return rv;
 }
 
