@@ -1,0 +1,39 @@
+/* Challenge responses served by the data plane during ACME validation:
+ * http-01 key authorizations by token, tls-alpn-01 certificates by name.
+ * Written by the order machine (control thread), read by workers. */
+#ifndef DM_ACME_SOLVER_H
+#define DM_ACME_SOLVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct acme_cert;
+struct dm_err;
+
+/* acme_solver_http01_put publishes key_auth for token (copied). Returns 0/-1. */
+int acme_solver_http01_put(const char *token, const char *key_auth);
+void acme_solver_http01_remove(const char *token);
+
+/* acme_http01_lookup copies the key authorization for token into out.
+ * Returns its length, or -1 if no challenge has that token (or cap is short). */
+int acme_http01_lookup(const char *token, size_t token_len, char *out, size_t cap);
+
+/* acme_http01_any tells whether any http-01 challenge is pending. */
+bool acme_http01_any(void);
+
+/* acme_tlsalpn_cert_new makes the self-signed validation certificate for name
+ * (one dNSName or iPAddress SAN) with the critical acmeIdentifier extension
+ * holding digest = SHA-256(key authorization) (RFC 8737 §3). */
+struct acme_cert *acme_tlsalpn_cert_new(const char *name, const uint8_t digest[32],
+                                        struct dm_err *err);
+
+/* acme_solver_tlsalpn_put publishes a validation certificate for name. */
+int acme_solver_tlsalpn_put(const char *name, const uint8_t digest[32], struct dm_err *err);
+void acme_solver_tlsalpn_remove(const char *name);
+
+/* acme_tlsalpn_cert_get returns a new reference to the validation
+ * certificate pending for name, or NULL. */
+struct acme_cert *acme_tlsalpn_cert_get(const char *name, size_t name_len);
+
+#endif
