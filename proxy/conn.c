@@ -603,40 +603,19 @@ static void conn_forward_body(struct dm_conn *c)
             c->req_body_done = true;
         }
     } else if (c->msg.body == DM_HTTP1_BODY_CHUNKED) {
-        size_t consumed = 0;
-        struct evbuffer_iovec vec[8];
-        int nvec = evbuffer_peek(c->in, -1, NULL, vec, 8);
-        for (int i = 0; i < nvec && i < 8 && c->req_chunked.state != DM_CHUNK_DONE; i++) {
-            const char *p = vec[i].iov_base;
-            size_t left = vec[i].iov_len;
-            while (left > 0 && c->req_chunked.state != DM_CHUNK_DONE) {
-                const char *data;
-                size_t data_len;
-                ssize_t n = dm_http1_chunked_step(&c->req_chunked, p, left, &data, &data_len);
-                if (n == DM_PARSE_ERROR) {
-                    DM_LOG_DBG("http", "c=%llu bad chunked request body",
-                               (unsigned long long)c->id);
-                    dm_upstream_detach(c->up, false);
-                    c->up = NULL;
-                    if (!c->resp_started) {
-                        c->msg.error_status = 400;
-                        c->msg.error = "bad chunked body";
-                        conn_parse_error(c);
-                    } else {
-                        conn_close(c);
-                    }
-                    return;
-                }
-                if (n == 0) {
-                    break;
-                }
-                p += n;
-                left -= (size_t)n;
-                consumed += (size_t)n;
+        uint64_t data_bytes;
+        if (dm_chunked_move(&c->req_chunked, c->in, out, false, &data_bytes) != 0) {
+            DM_LOG_DBG("http", "c=%llu bad chunked request body", (unsigned long long)c->id);
+            dm_upstream_detach(c->up, false);
+            c->up = NULL;
+            if (!c->resp_started) {
+                c->msg.error_status = 400;
+                c->msg.error = "bad chunked body";
+                conn_parse_error(c);
+            } else {
+                conn_close(c);
             }
-        }
-        if (consumed > 0) {
-            evbuffer_remove_buffer(c->in, out, consumed);
+            return;
         }
         if (c->req_chunked.state == DM_CHUNK_DONE) {
             c->req_body_done = true;

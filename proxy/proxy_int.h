@@ -100,6 +100,7 @@ struct dm_conn {
     bool peer_trusted;     /* peer is in trusted_proxies */
     char sni[256];         /* lower-case SNI, "" if none */
     const struct cfg_site *sni_site; /* borrowed from gen */
+    bool is_acme_alpn;     /* tls-alpn-01 validation: close after the handshake */
     struct dm_conn *prev, *next; /* worker's list */
 
     /* Current request. */
@@ -206,6 +207,13 @@ void dm_upstream_pools_free(struct dm_worker *w);
 /* dm_upstream_pools_close_idle closes the parked connections (shutdown). */
 void dm_upstream_pools_close_idle(struct dm_worker *w);
 
+
+/* chunked_io.c: runs the chunked decoder ch over src until src is empty or
+ * the body ends, moving every consumed byte to dst (or only the data when
+ * dechunk). *out_data_bytes counts data moved. Returns 0, or -1 on bad
+ * framing. */
+int dm_chunked_move(struct dm_http1_chunked *ch, struct evbuffer *src, struct evbuffer *dst,
+                    bool dechunk, uint64_t *out_data_bytes);
 
 /* access_log.c: one line per request to the access log. */
 void dm_access_log(const struct dm_conn *c);

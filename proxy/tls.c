@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 
 #include "acme/acme.h"
+#include "acme/solver.h"
 #include "proxy/core/err.h"
 #include "proxy/core/log.h"
 #include "proxy/proxy_int.h"
@@ -112,6 +113,26 @@ static int sni_parse(const uint8_t *data, size_t len, char *out, size_t cap)
     return -1;
 }
 
+/* alpn_offers tells whether the client's ALPN extension body lists proto. */
+static bool alpn_offers(const uint8_t *data, size_t len, const char *proto)
+{
+    CBS ext, list, p;
+    size_t plen = strlen(proto);
+    CBS_init(&ext, data, len);
+    if (!CBS_get_u16_length_prefixed(&ext, &list)) {
+        return false;
+    }
+    while (CBS_len(&list) > 0) {
+        if (!CBS_get_u8_length_prefixed(&list, &p)) {
+            return false;
+        }
+        if (CBS_len(&p) == plen && memcmp(CBS_data(&p), proto, plen) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *hello)
 {
     SSL *ssl = hello->ssl;
@@ -125,7 +146,27 @@ static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *
             DM_LOG_DBG("tls", "c=%llu malformed SNI", (unsigned long long)c->id);
             return ssl_select_cert_error;
         }
-        cert = acme_store_get(dm_proxy_g.store, c->sni, strlen(c->sni));
+        /* tls-alpn-01 (RFC 8737 §3): the certificate is fixed before the ALPN
+         * callback runs, so the validation certificate is chosen here from
+         * the ALPN list in the ClientHello. Such a connection never carries
+         * traffic; without a pending challenge it fails. */
+        const uint8_t *alpn;
+        size_t alpn_len;
+        if (SSL_early_callback_ctx_extension_get(
+                hello, TLSEXT_TYPE_application_layer_protocol_negotiation, &alpn, &alpn_len) &&
+            alpn_offers(alpn, alpn_len, "acme-tls/1")) {
+            cert = acme_tlsalpn_cert_get(c->sni, strlen(c->sni));
+            if (cert == NULL) {
+                DM_LOG_DBG("tls", "c=%llu acme-tls/1 for %s: no challenge pending",
+                           (unsigned long long)c->id, c->sni);
+                return ssl_select_cert_error;
+            }
+            c->is_acme_alpn = true;
+            dm_log(DM_LOG_INFO, "acme", "tls-alpn-01 validation connection for %s from %s",
+                   c->sni, c->peer_ip);
+        } else {
+            cert = acme_store_get(dm_proxy_g.store, c->sni, strlen(c->sni));
+        }
         if (cert == NULL) {
             DM_LOG_DBG("tls", "c=%llu no certificate for SNI %s", (unsigned long long)c->id,
                        c->sni);
@@ -148,10 +189,19 @@ static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *
 static int tls_on_alpn(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
                        unsigned in_len, void *arg)
 {
-    (void)ssl;
     (void)arg;
     static const uint8_t http11[] = "\x08http/1.1";
+    static const uint8_t acme_tls[] = "\x0a" "acme-tls/1";
+    struct dm_conn *c = SSL_get_ex_data(ssl, dm_tls_conn_index);
     uint8_t *sel;
+    if (c != NULL && c->is_acme_alpn) {
+        if (SSL_select_next_proto(&sel, out_len, acme_tls, sizeof(acme_tls) - 1, in, in_len) ==
+            OPENSSL_NPN_NEGOTIATED) {
+            *out = sel;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
     if (SSL_select_next_proto(&sel, out_len, http11, sizeof(http11) - 1, in, in_len) ==
         OPENSSL_NPN_NEGOTIATED) {
         *out = sel;

@@ -559,60 +559,16 @@ static void up_move_body(struct dm_upstream_conn *u)
         }
         break;
     case DM_HTTP1_BODY_CHUNKED: {
-        struct evbuffer_iovec vec[16];
-        int nvec = evbuffer_peek(u->in, -1, NULL, vec, 16);
-        size_t pending = 0; /* consumed but not yet moved */
-        for (int i = 0; i < nvec && i < 16 && u->chunked.state != DM_CHUNK_DONE; i++) {
-            const char *p = vec[i].iov_base;
-            size_t left = vec[i].iov_len;
-            while (left > 0 && u->chunked.state != DM_CHUNK_DONE) {
-                const char *data;
-                size_t data_len;
-                ssize_t n = dm_http1_chunked_step(&u->chunked, p, left, &data, &data_len);
-                if (n == DM_PARSE_ERROR) {
-                    up_fail(u, 502, "bad chunked response");
-                    return;
-                }
-                if (n == 0) {
-                    break;
-                }
-                if (c->dechunk) {
-                    size_t framing = (size_t)n - data_len;
-                    if (pending + framing > 0) {
-                        evbuffer_drain(u->in, pending + framing);
-                    }
-                    pending = 0;
-                    if (data_len > 0) {
-                        evbuffer_remove_buffer(u->in, c->out, data_len);
-                        c->resp_bytes += data_len;
-                    }
-                } else {
-                    pending += (size_t)n;
-                    c->resp_bytes += data_len;
-                }
-                p += n;
-                left -= (size_t)n;
-            }
-            if (c->dechunk) {
-                /* Draining invalidated the peeked vectors. */
-                break;
-            }
+        uint64_t data_bytes;
+        if (dm_chunked_move(&u->chunked, u->in, c->out, c->dechunk, &data_bytes) != 0) {
+            up_fail(u, 502, "bad chunked response");
+            return;
         }
-        if (pending > 0) {
-            evbuffer_remove_buffer(u->in, c->out, pending);
-        }
+        c->resp_bytes += data_bytes;
         if (u->chunked.state == DM_CHUNK_DONE) {
             dm_conn_on_upstream_data(c);
             if (u->c == c && !c->closed) {
                 up_finish(u);
-            }
-            return;
-        }
-        if (c->dechunk && evbuffer_get_length(u->in) > 0 && nvec > 0) {
-            /* More pieces left after a drain: go around again. */
-            dm_conn_on_upstream_data(c);
-            if (u->c == c && !u->paused) {
-                up_move_body(u);
             }
             return;
         }
