@@ -515,31 +515,29 @@ static void conn_build_upstream_head(struct dm_conn *c, struct evbuffer *hb, con
     evbuffer_add(hb, target, target_len);
     evbuffer_add(hb, " HTTP/1.1\r\n", 11);
 
+    /* X-Forwarded-*: an untrusted client cannot set what the backend
+     * believes, so all of its X-Forwarded-* fields are dropped and ours
+     * written. A trusted proxy's chain is extended, and its Proto and Host
+     * (what its own client used) are kept. */
     const char *prior_xff = NULL;
     size_t prior_xff_len = 0;
-    bool has_host = false;
+    bool has_host = false, kept_proto = false, kept_host = false;
     for (size_t i = 0; i < m->num_headers; i++) {
         const struct dm_http1_header *h = &m->headers[i];
-        if (h->name_len >= 11 && (h->name[0] == 'x' || h->name[0] == 'X') &&
-            dm_str_ieq(h->name, 12 <= h->name_len ? 12 : h->name_len, "x-forwarded-", 12)) {
-            if (c->peer_trusted && dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
-                prior_xff = h->value;
-                prior_xff_len = h->value_len;
-            }
-            /* Untrusted clients cannot set what the backend believes. */
-            if (!c->peer_trusted || !dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
-                if (!c->peer_trusted) {
-                    continue;
-                }
-                if (dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-proto") ||
-                    dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-host")) {
-                    continue;
-                }
-            } else {
+        if (h->name_len >= 12 && dm_str_ieq(h->name, 12, "x-forwarded-", 12)) {
+            if (!c->peer_trusted) {
                 continue;
             }
-        }
-        if (is_hop_by_hop(h, m)) {
+            if (dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
+                /* Several fields combine into one list (RFC 9110 §5.3); the
+                 * last is enough for a well-behaved trusted proxy. */
+                prior_xff = h->value;
+                prior_xff_len = h->value_len;
+                continue;
+            }
+            kept_proto |= dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-proto");
+            kept_host |= dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-host");
+        } else if (is_hop_by_hop(h, m)) {
             continue;
         }
         if ((int)i == m->known.host) {
@@ -561,8 +559,10 @@ static void conn_build_upstream_head(struct dm_conn *c, struct evbuffer *hb, con
     } else {
         evbuffer_add_printf(hb, "X-Forwarded-For: %s\r\n", c->peer_ip);
     }
-    evbuffer_add_printf(hb, "X-Forwarded-Proto: %s\r\n", c->ssl != NULL ? "https" : "http");
-    if (raw_host != NULL) {
+    if (!kept_proto) {
+        evbuffer_add_printf(hb, "X-Forwarded-Proto: %s\r\n", c->ssl != NULL ? "https" : "http");
+    }
+    if (!kept_host && raw_host != NULL) {
         evbuffer_add(hb, "X-Forwarded-Host: ", 18);
         evbuffer_add(hb, raw_host, raw_host_len);
         evbuffer_add(hb, "\r\n", 2);
@@ -625,6 +625,10 @@ static void conn_forward_body(struct dm_conn *c)
     }
     if (c->req_body_done) {
         dm_upstream_request_done(c->up);
+        if (evbuffer_get_length(c->out) == 0) {
+            /* Waiting for the backend now: its own timers apply. */
+            evtimer_del(&c->timer);
+        }
     }
     dm_upstream_kick(c->up);
 }
@@ -959,6 +963,9 @@ static void conn_flush(struct dm_conn *c)
     if (c->state == DM_CONN_CLOSING) {
         conn_start_linger(c);
         return;
+    }
+    if (c->state == DM_CONN_PROXY && c->req_body_done) {
+        evtimer_del(&c->timer); /* nothing waits on the client */
     }
     if (c->up != NULL && (c->state == DM_CONN_PROXY || c->state == DM_CONN_TUNNEL)) {
         dm_upstream_resume(c->up);

@@ -74,7 +74,7 @@ const char *dm_errcode_name(enum dm_errcode code)
 {
     static const char *const names[] = {
         "ok",     "nomem", "io",      "tls",   "proto",    "timeout",
-        "config", "acme",  "storage", "limit", "notfound", "canceled",
+        "config", "acme",  "storage", "limit", "notfound", "canceled", "stale",
     };
     if ((size_t)code < sizeof(names) / sizeof(names[0])) {
         return names[code];

@@ -18,6 +18,7 @@ enum dm_errcode {
     DM_E_LIMIT,
     DM_E_NOTFOUND,
     DM_E_CANCELED,
+    DM_E_STALE, /* a reused connection died before any response byte (request not retried) */
 };
 
 #define DM_ERR_MSG_MAX 512

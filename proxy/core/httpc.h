@@ -42,7 +42,7 @@ struct dm_httpc_call;
  * once if that is safe: the ACME client re-signs with a fresh nonce. Until
  * err.h grows a dedicated code it aliases DM_E_CANCELED, which httpc never
  * reports otherwise (a canceled call gets no callback). */
-#define DM_HTTPC_E_STALE DM_E_CANCELED
+#define DM_HTTPC_E_STALE DM_E_STALE
 
 struct dm_httpc_opts {
     const char *ca_file;          /* borrowed: PEM bundle to trust; NULL = default bundle */
