@@ -45,6 +45,9 @@ struct cfg_quick {
     int http_port;        /* -1 = default, 0 = off */
     const char *data_dir; /* may be NULL */
     const char *bind;     /* may be NULL */
+    const char *ca;       /* --ca: ACME directory URL; NULL = local CA */
+    const char *ca_root;  /* --ca-root: PEM trusted for the CA's HTTPS; may be NULL */
+    const char *email;    /* --email: ACME account contact; may be NULL */
 };
 
 /* cfg_from_quick builds a snapshot from reverse-proxy flags, with the same

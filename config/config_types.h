@@ -31,6 +31,37 @@ struct cfg_addr {
 enum cfg_tls_source {
     CFG_TLS_LOCAL = 0, /* doorman's own local CA issues and renews the certificate */
     CFG_TLS_FILES,     /* a PEM chain and key supplied by the user */
+    CFG_TLS_ACME,      /* an ACME CA (RFC 8555) issues and doorman renews */
+};
+
+enum cfg_challenge {
+    CFG_CHALLENGE_TLSALPN01 = 0, /* RFC 8737, answered inside the TLS handshake */
+    CFG_CHALLENGE_HTTP01,        /* RFC 8555 §8.3, on the plain-HTTP port */
+    CFG_CHALLENGE_DNS01,         /* RFC 8555 §8.4, through the user's hook program */
+};
+
+enum cfg_key_type {
+    CFG_KEY_P256 = 0,
+    CFG_KEY_P384,
+    CFG_KEY_RSA2048,
+    CFG_KEY_RSA4096,
+};
+
+/* An ACME issuer for a site. */
+struct cfg_acme {
+    char *directory;       /* owned: directory URL */
+    char *email;           /* owned: contact, may be NULL */
+    bool agree_tos;        /* the user agreed to the CA's terms of service */
+    char *ca_root;         /* owned: PEM trusted for the CA's own HTTPS; NULL = system */
+    enum cfg_challenge challenges[3]; /* in order of preference */
+    size_t num_challenges;
+    enum cfg_key_type key_type; /* certificate key */
+    char *eab_kid;         /* owned: External Account Binding key id, may be NULL */
+    char *eab_hmac_key;    /* owned: base64url HMAC key (secret; never logged) */
+    char *profile;         /* owned: ACME profile name, may be NULL */
+    char *preferred_chain; /* owned: issuer CN of the chain to prefer, may be NULL */
+    char *dns_hook;        /* owned: executable for dns-01, may be NULL */
+    uint32_t order_timeout_ms; /* one order, start to certificate */
 };
 
 struct cfg_site {
@@ -41,6 +72,7 @@ struct cfg_site {
     enum cfg_tls_source tls;
     char *cert_file;   /* owned: CFG_TLS_FILES */
     char *key_file;    /* owned: CFG_TLS_FILES */
+    struct cfg_acme *acme; /* owned: CFG_TLS_ACME */
 };
 
 struct cfg_timeouts {

@@ -90,7 +90,15 @@ static const char *const root_keys[] = {
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
-static const char *const tls_keys[] = {"cert", "key"};
+static const char *const tls_keys[] = {"cert", "key", "acme"};
+static const char *const acme_keys[] = {
+    "ca",      "email",           "agree_tos", "ca_root",      "challenges", "key_type",
+    "eab",     "profile",         "preferred_chain", "dns_hook", "order_timeout",
+};
+static const char *const eab_keys[] = {"kid", "hmac_key"};
+static const char *const challenge_names[] = {"tls-alpn-01", "http-01", "dns-01"};
+static const char *const key_type_names[] = {"p256", "p384", "rsa2048", "rsa4096"};
+#define DEFAULT_ORDER_TIMEOUT_MS (5u * 60 * 1000)
 
 #define NUM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -973,6 +981,183 @@ static void read_tls_file(struct check *k, json_t *obj, const char *key, char **
     path_pop(k, mark);
 }
 
+/* read_url checks an http(s) URL: the ACME directory. */
+static void read_url(struct check *k, json_t *obj, const char *key, char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    size_t mark = path_push_key(k, key);
+    const char *u;
+    if (v == NULL) {
+        problem(k, "required key is missing (the CA's directory URL, e.g. "
+                   "\"https://acme-v02.api.letsencrypt.org/directory\")");
+    } else if ((u = read_string(k, v)) != NULL) {
+        char quoted[CFG_QUOTE_MAX * 6 + 8];
+        quote(quoted, sizeof(quoted), u);
+        if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+            strpbrk(u, " \t\r\n\"") != NULL || strlen(u) > 2048) {
+            problem(k, "%s is not an http(s) URL", quoted);
+        } else {
+            *out = check_strdup(k, u);
+        }
+    }
+    path_pop(k, mark);
+}
+
+static void read_opt_string(struct check *k, json_t *obj, const char *key, char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, key);
+    const char *str = read_string(k, v);
+    if (str != NULL) {
+        *out = check_strdup(k, str);
+    }
+    path_pop(k, mark);
+}
+
+static int name_index(const char *const *names, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(names[i], s) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static void read_challenges(struct check *k, json_t *obj, struct cfg_acme *a)
+{
+    json_t *v = json_object_get(obj, "challenges");
+    a->challenges[0] = CFG_CHALLENGE_TLSALPN01;
+    a->challenges[1] = CFG_CHALLENGE_HTTP01;
+    a->num_challenges = 2;
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, "challenges");
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 3) {
+        problem_type(k, "an array of 1 to 3 of \"tls-alpn-01\", \"http-01\", \"dns-01\"", v);
+        path_pop(k, mark);
+        return;
+    }
+    a->num_challenges = 0;
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        size_t m = path_push_index(k, i);
+        json_t *e = json_array_get(v, i);
+        int idx = json_is_string(e) ? name_index(challenge_names, NUM(challenge_names),
+                                                 json_string_value(e))
+                                    : -1;
+        if (idx < 0) {
+            problem(k, "must be \"tls-alpn-01\", \"http-01\" or \"dns-01\"");
+        } else {
+            for (size_t j = 0; j < a->num_challenges; j++) {
+                if (a->challenges[j] == (enum cfg_challenge)idx) {
+                    problem(k, "\"%s\" is listed twice", challenge_names[idx]);
+                    idx = -1;
+                    break;
+                }
+            }
+            if (idx >= 0) {
+                a->challenges[a->num_challenges++] = (enum cfg_challenge)idx;
+            }
+        }
+        path_pop(k, m);
+    }
+    path_pop(k, mark);
+}
+
+static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
+{
+    json_t *v = json_object_get(tls, "acme");
+    size_t mark = path_push_key(k, "acme");
+    if (!json_is_object(v)) {
+        problem_type(k, "an object {\"ca\": URL, \"email\": ADDRESS, ...}", v);
+        path_pop(k, mark);
+        return;
+    }
+    struct cfg_acme *a = check_calloc(k, 1, sizeof(*a));
+    if (a == NULL) {
+        path_pop(k, mark);
+        return;
+    }
+    s->acme = a;
+    a->order_timeout_ms = DEFAULT_ORDER_TIMEOUT_MS;
+    check_keys(k, v, acme_keys, NUM(acme_keys));
+    read_url(k, v, "ca", &a->directory);
+    read_opt_string(k, v, "email", &a->email);
+    if (a->email != NULL && (strchr(a->email, '@') == NULL || strpbrk(a->email, " ,<>\"") != NULL)) {
+        size_t m = path_push_key(k, "email");
+        problem(k, "is not an email address");
+        path_pop(k, m);
+    }
+    json_t *b = json_object_get(v, "agree_tos");
+    if (b != NULL) {
+        size_t m = path_push_key(k, "agree_tos");
+        if (!json_is_boolean(b)) {
+            problem_type(k, "true or false", b);
+        } else {
+            a->agree_tos = json_is_true(b);
+        }
+        path_pop(k, m);
+    }
+    if (json_object_get(v, "ca_root") != NULL) {
+        read_tls_file(k, v, "ca_root", &a->ca_root);
+    }
+    read_challenges(k, v, a);
+    json_t *kt = json_object_get(v, "key_type");
+    if (kt != NULL) {
+        size_t m = path_push_key(k, "key_type");
+        int idx = json_is_string(kt) ? name_index(key_type_names, NUM(key_type_names),
+                                                  json_string_value(kt))
+                                     : -1;
+        if (idx < 0) {
+            problem(k, "must be \"p256\", \"p384\", \"rsa2048\" or \"rsa4096\"");
+        } else {
+            a->key_type = (enum cfg_key_type)idx;
+        }
+        path_pop(k, m);
+    }
+    json_t *eab = json_object_get(v, "eab");
+    if (eab != NULL) {
+        size_t m = path_push_key(k, "eab");
+        if (!json_is_object(eab)) {
+            problem_type(k, "an object {\"kid\": ID, \"hmac_key\": BASE64URL}", eab);
+        } else {
+            check_keys(k, eab, eab_keys, NUM(eab_keys));
+            read_opt_string(k, eab, "kid", &a->eab_kid);
+            read_opt_string(k, eab, "hmac_key", &a->eab_hmac_key);
+            if (a->eab_kid == NULL || a->eab_hmac_key == NULL) {
+                problem(k, "needs both \"kid\" and \"hmac_key\"");
+            }
+        }
+        path_pop(k, m);
+    }
+    read_opt_string(k, v, "profile", &a->profile);
+    read_opt_string(k, v, "preferred_chain", &a->preferred_chain);
+    if (json_object_get(v, "dns_hook") != NULL) {
+        read_tls_file(k, v, "dns_hook", &a->dns_hook);
+    }
+    json_t *ot = json_object_get(v, "order_timeout");
+    if (ot != NULL) {
+        size_t m = path_push_key(k, "order_timeout");
+        uint64_t ms;
+        if (read_duration(k, ot, CFG_MS_PER_S, CFG_MS_PER_H, &ms) == 0) {
+            a->order_timeout_ms = (uint32_t)ms;
+        }
+        path_pop(k, m);
+    }
+    bool has_dns01 = false;
+    for (size_t i = 0; i < a->num_challenges; i++) {
+        has_dns01 |= a->challenges[i] == CFG_CHALLENGE_DNS01;
+    }
+    if (has_dns01 && a->dns_hook == NULL && json_object_get(v, "dns_hook") == NULL) {
+        problem(k, "dns-01 needs \"dns_hook\": the program that sets the TXT record");
+    }
+    path_pop(k, mark);
+}
+
 static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
 {
     json_t *v = json_object_get(site, "tls");
@@ -988,13 +1173,20 @@ static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
             problem(k, "%s is not a TLS source (use \"local\" or {\"cert\": PATH, \"key\": PATH})",
                     quoted);
         }
+    } else if (json_is_object(v) && json_object_get(v, "acme") != NULL) {
+        s->tls = CFG_TLS_ACME;
+        check_keys(k, v, tls_keys, NUM(tls_keys));
+        if (json_object_get(v, "cert") != NULL || json_object_get(v, "key") != NULL) {
+            problem(k, "\"acme\" and \"cert\"/\"key\" exclude each other");
+        }
+        read_acme(k, v, s);
     } else if (json_is_object(v)) {
         s->tls = CFG_TLS_FILES;
         check_keys(k, v, tls_keys, NUM(tls_keys));
         read_tls_file(k, v, "cert", &s->cert_file);
         read_tls_file(k, v, "key", &s->key_file);
     } else {
-        problem_type(k, "\"local\" or an object {\"cert\": PATH, \"key\": PATH}", v);
+        problem_type(k, "\"local\", {\"cert\": PATH, \"key\": PATH} or {\"acme\": {...}}", v);
     }
     path_pop(k, mark);
 }
@@ -1009,6 +1201,21 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_hosts(k, v, s);
     read_to(k, v, s);
     read_tls(k, v, s);
+    if (s->tls == CFG_TLS_ACME && s->acme != NULL) {
+        bool has_dns01 = false;
+        for (size_t i = 0; i < s->acme->num_challenges; i++) {
+            has_dns01 |= s->acme->challenges[i] == CFG_CHALLENGE_DNS01;
+        }
+        for (size_t i = 0; i < s->num_hosts && !has_dns01; i++) {
+            if (s->hosts[i] != NULL && s->hosts[i][0] == '*') {
+                size_t m = path_push_key(k, "hosts");
+                problem(k, "wildcard \"%s\" needs the dns-01 challenge (tls.acme.challenges)",
+                        s->hosts[i]);
+                path_pop(k, m);
+                break;
+            }
+        }
+    }
 }
 
 struct host_seen {
@@ -1173,6 +1380,49 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
     c->num_sites = 1;
     struct cfg_site *s = &c->sites[0];
     s->tls = CFG_TLS_LOCAL;
+    if (q->ca != NULL || q->email != NULL || q->ca_root != NULL) {
+        /* One-site ACME: the same object a config file would hold. */
+        json_t *tls = json_object();
+        json_t *acme = json_object();
+        if (tls == NULL || acme == NULL || json_object_set_new(tls, "acme", acme) != 0) {
+            json_decref(tls);
+            problem(&k, "out of memory");
+            goto out;
+        }
+        if (q->ca != NULL) {
+            json_object_set_new(acme, "ca", json_string(q->ca));
+        }
+        if (q->email != NULL) {
+            json_object_set_new(acme, "email", json_string(q->email));
+        }
+        if (q->ca_root != NULL) {
+            json_object_set_new(acme, "ca_root", json_string(q->ca_root));
+        }
+        /* Running the quick command is agreeing, as with Caddy. */
+        json_object_set_new(acme, "agree_tos", json_true());
+        json_t *site = json_object();
+        json_object_set_new(site, "tls", tls);
+        path_set(&k, "");
+        size_t before = k.problems->num_items;
+        read_tls(&k, site, s);
+        json_decref(site);
+        /* Name the flags, not the JSON the flags became. */
+        static const char *const map[][2] = {
+            {"tls.acme.ca:", "--ca:"},
+            {"tls.acme.email:", "--email:"},
+            {"tls.acme.ca_root:", "--ca-root:"},
+        };
+        for (size_t i = before; i < k.problems->num_items; i++) {
+            char *item = k.problems->items[i];
+            for (size_t j = 0; j < NUM(map); j++) {
+                size_t from = strlen(map[j][0]), to = strlen(map[j][1]);
+                if (strncmp(item, map[j][0], from) == 0) {
+                    memmove(item + to, item + from, strlen(item + from) + 1);
+                    memcpy(item, map[j][1], to);
+                }
+            }
+        }
+    }
     path_set(&k, "--from");
     if (q->from == NULL || q->from[0] == '\0') {
         problem(&k, "missing: give the host name to serve, e.g. --from localhost");

@@ -201,6 +201,9 @@ enum {
     OPT_BIND,
     OPT_INSTALL,
     OPT_HELP,
+    OPT_CA,
+    OPT_CA_ROOT,
+    OPT_EMAIL,
 };
 
 static const struct option long_opts[] = {
@@ -213,6 +216,9 @@ static const struct option long_opts[] = {
     {"bind", required_argument, NULL, OPT_BIND},
     {"install", no_argument, NULL, OPT_INSTALL},
     {"help", no_argument, NULL, OPT_HELP},
+    {"ca", required_argument, NULL, OPT_CA},
+    {"ca-root", required_argument, NULL, OPT_CA_ROOT},
+    {"email", required_argument, NULL, OPT_EMAIL},
     {NULL, 0, NULL, 0},
 };
 
@@ -227,6 +233,9 @@ struct args {
     const char *bind;
     bool install;
     bool help;
+    const char *ca;
+    const char *ca_root;
+    const char *email;
 };
 
 static int parse_port(const char *flag, const char *s, int *out)
@@ -301,6 +310,15 @@ static int parse_args(int argc, char **argv, const char *cmd, const int *allowed
         case OPT_HELP:
             a->help = true;
             break;
+        case OPT_CA:
+            a->ca = optarg;
+            break;
+        case OPT_CA_ROOT:
+            a->ca_root = optarg;
+            break;
+        case OPT_EMAIL:
+            a->email = optarg;
+            break;
         default:
             break;
         }
@@ -334,7 +352,11 @@ static const char rp_help[] =
     "  --https-port N     HTTPS port (default 443)\n"
     "  --http-port N      plain-HTTP redirect port (default 80; 0 disables it)\n"
     "  --bind ADDR        listen address (default :: = all)\n"
-    "  --data-dir DIR     data directory (also DOORMAN_DATA_DIR)\n";
+    "  --data-dir DIR     data directory (also DOORMAN_DATA_DIR)\n"
+    "  --ca URL           get the certificate from this ACME directory instead of\n"
+    "                     the local CA (e.g. https://acme-v02.api.letsencrypt.org/directory)\n"
+    "  --ca-root PEM      trust this root for the CA's own HTTPS (test CAs)\n"
+    "  --email ADDR       contact for the ACME account\n";
 
 static const char validate_help[] =
     "Usage: doorman validate --config FILE [--data-dir DIR]\n"
@@ -380,10 +402,10 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_reverse_proxy(int argc, char **argv)
 {
-    static const int allowed[] = {OPT_FROM,      OPT_TO,   OPT_HTTPS_PORT,
-                                  OPT_HTTP_PORT, OPT_BIND, OPT_DATA_DIR};
+    static const int allowed[] = {OPT_FROM, OPT_TO,       OPT_HTTPS_PORT, OPT_HTTP_PORT, OPT_BIND,
+                                  OPT_DATA_DIR, OPT_CA, OPT_CA_ROOT, OPT_EMAIL};
     struct args a;
-    if (parse_args(argc, argv, "reverse-proxy", allowed, 6, &a) != 0) {
+    if (parse_args(argc, argv, "reverse-proxy", allowed, 9, &a) != 0) {
         return 2;
     }
     if (a.help) {
@@ -400,7 +422,10 @@ static int cmd_reverse_proxy(int argc, char **argv)
                           .https_port = a.https_port,
                           .http_port = a.http_port,
                           .data_dir = data_dir_override(a.data_dir),
-                          .bind = a.bind};
+                          .bind = a.bind,
+                          .ca = a.ca,
+                          .ca_root = a.ca_root,
+                          .email = a.email};
     struct cfg_problems problems = {0};
     struct cfg *cfg = cfg_from_quick(&q, &problems);
     if (cfg == NULL) {

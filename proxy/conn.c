@@ -461,10 +461,11 @@ static int host_from_request(struct dm_conn *c, const char **out_raw, size_t *ou
     return dm_str_lower(c->host, sizeof(c->host), h, hl);
 }
 
-static void conn_redirect(struct dm_conn *c, const char *raw_host, size_t raw_host_len)
+/* conn_redirect answers 308 to the https URL of the request and consumes its
+ * head (head_len bytes): the target points into the input buffer, so the
+ * Location is built before the head is drained. */
+static void conn_redirect(struct dm_conn *c, size_t head_len)
 {
-    (void)raw_host;
-    (void)raw_host_len;
     const struct cfg *cfg = c->gen->cfg;
     char loc[1024];
     const char *target = c->msg.target;
@@ -480,6 +481,7 @@ static void conn_redirect(struct dm_conn *c, const char *raw_host, size_t raw_ho
     }
     int n = snprintf(loc, sizeof(loc), "Location: https://%s%s%s%s%.*s\r\n", v6 ? "[" : "",
                      c->host, v6 ? "]" : "", port, (int)target_len, target);
+    evbuffer_drain(c->in, head_len);
     if (n < 0 || (size_t)n >= sizeof(loc)) {
         conn_respond(c, 414, NULL, "414 URI Too Long\n", true);
         return;
@@ -677,12 +679,12 @@ static void conn_start_request(struct dm_conn *c, size_t head_len)
         }
     }
     if (c->ssl == NULL && cfg->redirect_http) {
-        evbuffer_drain(c->in, head_len);
         if (c->host[0] == '\0') {
+            evbuffer_drain(c->in, head_len);
             conn_respond(c, 400, NULL, "400 Bad Request: no Host\n", true);
             return;
         }
-        conn_redirect(c, raw_host, raw_host_len);
+        conn_redirect(c, head_len);
         return;
     }
     c->site = c->host[0] ? dm_route_find(c->gen->route, c->host, strlen(c->host)) : NULL;

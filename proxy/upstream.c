@@ -66,6 +66,7 @@ struct dm_upstream_conn {
     bool paused;
     bool eof;
     bool closed;
+    bool response_timer_armed; /* timeouts.response runs from the end of the request */
     int pending_error; /* status to report from the deferred timer, 0 = none */
     const char *pending_why;
     int refs;
@@ -77,6 +78,7 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg);
 static void up_on_timer(evutil_socket_t fd, short what, void *arg);
 static void up_close(struct dm_upstream_conn *u);
 static void up_process(struct dm_upstream_conn *u);
+static void up_arm_wait(struct dm_upstream_conn *u);
 
 static void up_hold(struct dm_upstream_conn *u)
 {
@@ -182,6 +184,7 @@ static void up_reset_exchange(struct dm_upstream_conn *u)
     u->req_done = false;
     u->paused = false;
     u->body_left = 0;
+    u->response_timer_armed = false;
 }
 
 static void up_connect_addr(struct dm_upstream_conn *u, const struct sockaddr *sa, socklen_t len)
@@ -260,7 +263,7 @@ int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evb
         up_attach(u, c, head_buf);
         u->state = UP_WAIT_HEAD;
         event_add(&u->wev, NULL);
-        up_set_timer(u, c->gen->cfg->timeouts.response_ms);
+        up_arm_wait(u);
         return 0;
     }
     u = up_new(w, pool);
@@ -319,6 +322,7 @@ static void up_flush(struct dm_upstream_conn *u)
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
                 event_add(&u->wev, NULL);
+                up_arm_wait(u);
                 return;
             }
             /* The backend reset while we wrote; a response may still be
@@ -329,6 +333,7 @@ static void up_flush(struct dm_upstream_conn *u)
         }
     }
     event_del(&u->wev);
+    up_arm_wait(u);
 }
 
 void dm_upstream_kick(struct dm_upstream_conn *u)
@@ -346,9 +351,29 @@ void dm_upstream_kick(struct dm_upstream_conn *u)
     }
 }
 
+/* up_arm_wait sets the timer for what the exchange waits on now: the
+ * backend taking the request body (timeouts.body, reset on progress), or,
+ * once the whole request is out, the response head (timeouts.response). */
+static void up_arm_wait(struct dm_upstream_conn *u)
+{
+    if (u->c == NULL || u->state != UP_WAIT_HEAD) {
+        return;
+    }
+    const struct cfg_timeouts *t = &u->c->gen->cfg->timeouts;
+    if (u->req_done && evbuffer_get_length(u->out) == 0) {
+        if (!u->response_timer_armed) {
+            u->response_timer_armed = true;
+            up_set_timer(u, t->response_ms);
+        }
+    } else {
+        up_set_timer(u, t->body_ms);
+    }
+}
+
 void dm_upstream_request_done(struct dm_upstream_conn *u)
 {
     u->req_done = true;
+    up_arm_wait(u);
 }
 
 void dm_upstream_pause(struct dm_upstream_conn *u)
@@ -705,9 +730,7 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg)
         }
         u->state = UP_WAIT_HEAD;
         event_add(&u->rev, NULL);
-        if (u->c != NULL) {
-            up_set_timer(u, u->c->gen->cfg->timeouts.response_ms);
-        }
+        up_arm_wait(u);
     }
     up_flush(u);
     if (!u->closed && u->c != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {

@@ -386,8 +386,8 @@ TEST(test_bad_types)
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", null]}",
                     "sites[0].to[1]: expected a string, got null");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": true}",
-                    "sites[0].tls: expected \"local\" or an object {\"cert\": PATH, \"key\": "
-                    "PATH}, got boolean");
+                    "sites[0].tls: expected \"local\", {\"cert\": PATH, \"key\": PATH} or "
+                    "{\"acme\": {...}}, got boolean");
     expect_bad2("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": "
                 "{\"cert\": 1, \"key\": [\"k\"]}}]}",
                 "sites[0].tls.cert: expected a string, got integer",
@@ -1327,7 +1327,82 @@ TEST(test_teardown)
     teardown();
 }
 
-HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_full_config), T(test_bad_types),
+#define ACME_SITE(hosts, acme)                                                                      \
+    "{\"hosts\": [" hosts "], \"to\": \"127.0.0.1:1\", \"tls\": {\"acme\": " acme "}}"
+
+TEST(test_acme_sites)
+{
+    struct cfg *c = load("{\"sites\": [" ACME_SITE(
+        "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"email\": \"ops@a.test\", "
+                      "\"agree_tos\": true, \"challenges\": [\"http-01\"], \"key_type\": "
+                      "\"rsa2048\", \"eab\": {\"kid\": \"k1\", \"hmac_key\": \"c2VjcmV0\"}, "
+                      "\"profile\": \"shortlived\", \"order_timeout\": \"2m\"}") "]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        const struct cfg_acme *a = c->sites[0].acme;
+        CHECK_EQ_INT(c->sites[0].tls, CFG_TLS_ACME);
+        CHECK(a != NULL);
+        if (a != NULL) {
+            CHECK_STR(a->directory, "https://ca.test/dir");
+            CHECK_STR(a->email, "ops@a.test");
+            CHECK(a->agree_tos);
+            CHECK_EQ_INT(a->num_challenges, 1);
+            CHECK_EQ_INT(a->challenges[0], CFG_CHALLENGE_HTTP01);
+            CHECK_EQ_INT(a->key_type, CFG_KEY_RSA2048);
+            CHECK_STR(a->eab_kid, "k1");
+            CHECK_STR(a->profile, "shortlived");
+            CHECK_EQ_INT(a->order_timeout_ms, 120000);
+        }
+        /* The dump loads back to the same dump. */
+        char *d1 = cfg_dump(c);
+        struct cfg *c2 = d1 ? load(d1) : NULL;
+        char *d2 = c2 ? cfg_dump(c2) : NULL;
+        CHECK(d1 != NULL && d2 != NULL && strcmp(d1, d2) == 0);
+        free(d1);
+        free(d2);
+        cfg_unref(c2);
+        cfg_unref(c);
+    }
+    /* Defaults: tls-alpn-01 then http-01, P-256, 5 minutes. */
+    c = load("{\"sites\": [" ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\"}") "]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        const struct cfg_acme *a = c->sites[0].acme;
+        CHECK_EQ_INT(a->num_challenges, 2);
+        CHECK_EQ_INT(a->challenges[0], CFG_CHALLENGE_TLSALPN01);
+        CHECK_EQ_INT(a->challenges[1], CFG_CHALLENGE_HTTP01);
+        CHECK_EQ_INT(a->key_type, CFG_KEY_P256);
+        CHECK(!a->agree_tos);
+        cfg_unref(c);
+    }
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{}"),
+                    "sites[0].tls.acme.ca: required key is missing (the CA's directory URL, e.g. "
+                    "\"https://acme-v02.api.letsencrypt.org/directory\")");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"ftp://x\"}"),
+                    "sites[0].tls.acme.ca: \"ftp://x\" is not an http(s) URL");
+    EXPECT_BAD_SITE(ACME_SITE("\"*.a.test\"", "{\"ca\": \"https://ca.test/dir\"}"),
+                    "sites[0].hosts: wildcard \"*.a.test\" needs the dns-01 challenge "
+                    "(tls.acme.challenges)");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"challenges\": "
+                                            "[\"http-01\", \"http-01\"]}"),
+                    "sites[0].tls.acme.challenges[1]: \"http-01\" is listed twice");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"key_type\": "
+                                            "\"ed25519\"}"),
+                    "sites[0].tls.acme.key_type: must be \"p256\", \"p384\", \"rsa2048\" or "
+                    "\"rsa4096\"");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"eab\": "
+                                            "{\"kid\": \"k\"}}"),
+                    "sites[0].tls.acme.eab: needs both \"kid\" and \"hmac_key\"");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"challenges\": "
+                                            "[\"dns-01\"]}"),
+                    "sites[0].tls.acme: dns-01 needs \"dns_hook\": the program that sets the TXT "
+                    "record");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"emial\": "
+                                            "\"a@b.test\"}"),
+                    "sites[0].tls.acme.emial: unknown key (did you mean \"email\"?)");
+}
+
+HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites), T(test_full_config), T(test_bad_types),
              T(test_bad_values), T(test_many_problems_at_once), T(test_problem_cap),
              T(test_unknown_keys), T(test_duplicate_hosts), T(test_host_names_and_wildcards),
              T(test_addresses), T(test_durations), T(test_tls_files), T(test_json_errors),
