@@ -180,7 +180,8 @@ struct acme_cert *acme_tlsalpn_cert_new(const char *name, const uint8_t digest[3
     }
     ec = NULL;
     time_t now = dm_time_now();
-    if (!X509_set_version(x, X509_VERSION_3) || !BN_rand(serial, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) ||
+    if (!X509_set_version(x, X509_VERSION_3) ||
+        !BN_rand(serial, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) ||
         !BN_to_ASN1_INTEGER(serial, X509_get_serialNumber(x)) ||
         !X509_time_adj_ex(X509_getm_notBefore(x), 0, -3600, &now) ||
         !X509_time_adj_ex(X509_getm_notAfter(x), 0, TLSALPN_CERT_LIFETIME_S, &now) ||
@@ -189,8 +190,8 @@ struct acme_cert *acme_tlsalpn_cert_new(const char *name, const uint8_t digest[3
         goto out;
     }
     X509_NAME *subj = X509_get_subject_name(x);
-    if (!X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const uint8_t *)"ACME challenge",
-                                    -1, -1, 0) ||
+    if (!X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const uint8_t *)"ACME challenge", -1,
+                                    -1, 0) ||
         !X509_set_issuer_name(x, subj)) {
         dm_err_set_tls(err, "tls-alpn-01 certificate name");
         goto out;

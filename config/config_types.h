@@ -20,10 +20,10 @@ enum cfg_addr_kind {
  * "app.internal:8080", "unix:/run/app.sock". */
 struct cfg_addr {
     enum cfg_addr_kind kind;
-    char *text;      /* owned: as written, for logs */
-    char *host;      /* owned: IP literal (no brackets) or hostname; NULL for unix */
-    uint16_t port;   /* 0 for unix */
-    char *path;      /* owned: unix socket path, else NULL */
+    char *text;                 /* owned: as written, for logs */
+    char *host;                 /* owned: IP literal (no brackets) or hostname; NULL for unix */
+    uint16_t port;              /* 0 for unix */
+    char *path;                 /* owned: unix socket path, else NULL */
     struct sockaddr_storage ss; /* CFG_ADDR_IP and CFG_ADDR_UNIX */
     socklen_t ss_len;
 };
@@ -49,47 +49,47 @@ enum cfg_key_type {
 
 /* An ACME issuer for a site. */
 struct cfg_acme {
-    char *directory;       /* owned: directory URL */
-    char *email;           /* owned: contact, may be NULL */
-    bool agree_tos;        /* the user agreed to the CA's terms of service */
-    char *ca_root;         /* owned: PEM trusted for the CA's own HTTPS; NULL = system */
+    char *directory;                  /* owned: directory URL */
+    char *email;                      /* owned: contact, may be NULL */
+    bool agree_tos;                   /* the user agreed to the CA's terms of service */
+    char *ca_root;                    /* owned: PEM trusted for the CA's own HTTPS; NULL = system */
     enum cfg_challenge challenges[3]; /* in order of preference */
     size_t num_challenges;
     enum cfg_key_type key_type; /* certificate key */
-    char *eab_kid;         /* owned: External Account Binding key id, may be NULL */
-    char *eab_hmac_key;    /* owned: base64url HMAC key (secret; never logged) */
-    char *profile;         /* owned: ACME profile name, may be NULL */
-    char *preferred_chain; /* owned: issuer CN of the chain to prefer, may be NULL */
-    char *dns_hook;        /* owned: executable for dns-01, may be NULL */
-    uint32_t order_timeout_ms; /* one order, start to certificate */
+    char *eab_kid;              /* owned: External Account Binding key id, may be NULL */
+    char *eab_hmac_key;         /* owned: base64url HMAC key (secret; never logged) */
+    char *profile;              /* owned: ACME profile name, may be NULL */
+    char *preferred_chain;      /* owned: issuer CN of the chain to prefer, may be NULL */
+    char *dns_hook;             /* owned: executable for dns-01, may be NULL */
+    uint32_t order_timeout_ms;  /* one order, start to certificate */
 };
 
 struct cfg_site {
-    char **hosts;      /* owned: lower-case names, exact or "*.example.com" */
+    char **hosts; /* owned: lower-case names, exact or "*.example.com" */
     size_t num_hosts;
     struct cfg_addr *to; /* owned array: backends (issue 2 uses to[0] and round robin) */
     size_t num_to;
     enum cfg_tls_source tls;
-    char *cert_file;   /* owned: CFG_TLS_FILES */
-    char *key_file;    /* owned: CFG_TLS_FILES */
+    char *cert_file;       /* owned: CFG_TLS_FILES */
+    char *key_file;        /* owned: CFG_TLS_FILES */
     struct cfg_acme *acme; /* owned: CFG_TLS_ACME */
 };
 
 struct cfg_timeouts {
-    uint32_t handshake_ms;  /* TLS handshake */
-    uint32_t header_ms;     /* whole request head (slowloris) */
-    uint32_t idle_ms;       /* keep-alive between requests */
-    uint32_t body_ms;       /* max gap between body reads/writes on either side */
-    uint32_t connect_ms;    /* backend connect */
-    uint32_t response_ms;   /* backend response head after the request was sent */
-    uint32_t shutdown_ms;   /* graceful shutdown deadline */
+    uint32_t handshake_ms; /* TLS handshake */
+    uint32_t header_ms;    /* whole request head (slowloris) */
+    uint32_t idle_ms;      /* keep-alive between requests */
+    uint32_t body_ms;      /* max gap between body reads/writes on either side */
+    uint32_t connect_ms;   /* backend connect */
+    uint32_t response_ms;  /* backend response head after the request was sent */
+    uint32_t shutdown_ms;  /* graceful shutdown deadline */
 };
 
 struct cfg_limits {
-    uint32_t max_line;          /* request line bytes */
-    uint32_t max_headers;       /* number of request fields */
-    uint32_t max_header_bytes;  /* request head bytes */
-    uint32_t max_connections;   /* per process; 0 = unlimited */
+    uint32_t max_line;         /* request line bytes */
+    uint32_t max_headers;      /* number of request fields */
+    uint32_t max_header_bytes; /* request head bytes */
+    uint32_t max_connections;  /* per process; 0 = unlimited */
 };
 
 struct cfg_cidr {
@@ -104,14 +104,14 @@ enum cfg_log_format {
 
 struct cfg {
     atomic_int refs;
-    uint64_t generation;      /* increases with each load in a process */
+    uint64_t generation; /* increases with each load in a process */
 
-    char *data_dir;           /* owned: absolute path */
-    char *bind;               /* owned: listen address ("::" = all, dual stack) */
-    uint16_t https_port;      /* default 443 */
-    uint16_t http_port;       /* default 80; 0 disables the plain-HTTP listener */
-    bool redirect_http;       /* plain HTTP answers 308 to https (default true) */
-    uint32_t workers;         /* 0 = one per core */
+    char *data_dir;      /* owned: absolute path */
+    char *bind;          /* owned: listen address ("::" = all, dual stack) */
+    uint16_t https_port; /* default 443 */
+    uint16_t http_port;  /* default 80; 0 disables the plain-HTTP listener */
+    bool redirect_http;  /* plain HTTP answers 308 to https (default true) */
+    uint32_t workers;    /* 0 = one per core */
 
     struct cfg_timeouts timeouts;
     struct cfg_limits limits;
@@ -119,15 +119,15 @@ struct cfg {
     struct cfg_cidr *trusted_proxies; /* owned: whose X-Forwarded-* are kept */
     size_t num_trusted_proxies;
 
-    int log_level;            /* enum dm_log_level */
+    int log_level; /* enum dm_log_level */
     enum cfg_log_format log_format;
-    char *access_log;         /* owned: "stderr", "off" or a file path */
+    char *access_log; /* owned: "stderr", "off" or a file path */
     enum cfg_log_format access_log_format;
 
     uint32_t local_lifetime_s; /* local CA leaf lifetime (default 7 days; renewed with a
                                   third of it left) */
 
-    struct cfg_site *sites;   /* owned array */
+    struct cfg_site *sites; /* owned array */
     size_t num_sites;
 };
 

@@ -92,8 +92,8 @@ static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
 static const char *const tls_keys[] = {"cert", "key", "acme"};
 static const char *const acme_keys[] = {
-    "ca",      "email",           "agree_tos", "ca_root",      "challenges", "key_type",
-    "eab",     "profile",         "preferred_chain", "dns_hook", "order_timeout",
+    "ca",  "email",   "agree_tos",       "ca_root",  "challenges",    "key_type",
+    "eab", "profile", "preferred_chain", "dns_hook", "order_timeout",
 };
 static const char *const eab_keys[] = {"kid", "hmac_key"};
 static const char *const challenge_names[] = {"tls-alpn-01", "http-01", "dns-01"};
@@ -1046,9 +1046,9 @@ static void read_challenges(struct check *k, json_t *obj, struct cfg_acme *a)
     for (size_t i = 0; i < json_array_size(v); i++) {
         size_t m = path_push_index(k, i);
         json_t *e = json_array_get(v, i);
-        int idx = json_is_string(e) ? name_index(challenge_names, NUM(challenge_names),
-                                                 json_string_value(e))
-                                    : -1;
+        int idx = json_is_string(e)
+                      ? name_index(challenge_names, NUM(challenge_names), json_string_value(e))
+                      : -1;
         if (idx < 0) {
             problem(k, "must be \"tls-alpn-01\", \"http-01\" or \"dns-01\"");
         } else {
@@ -1087,7 +1087,8 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
     check_keys(k, v, acme_keys, NUM(acme_keys));
     read_url(k, v, "ca", &a->directory);
     read_opt_string(k, v, "email", &a->email);
-    if (a->email != NULL && (strchr(a->email, '@') == NULL || strpbrk(a->email, " ,<>\"") != NULL)) {
+    if (a->email != NULL &&
+        (strchr(a->email, '@') == NULL || strpbrk(a->email, " ,<>\"") != NULL)) {
         size_t m = path_push_key(k, "email");
         problem(k, "is not an email address");
         path_pop(k, m);
@@ -1109,9 +1110,9 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
     json_t *kt = json_object_get(v, "key_type");
     if (kt != NULL) {
         size_t m = path_push_key(k, "key_type");
-        int idx = json_is_string(kt) ? name_index(key_type_names, NUM(key_type_names),
-                                                  json_string_value(kt))
-                                     : -1;
+        int idx = json_is_string(kt)
+                      ? name_index(key_type_names, NUM(key_type_names), json_string_value(kt))
+                      : -1;
         if (idx < 0) {
             problem(k, "must be \"p256\", \"p384\", \"rsa2048\" or \"rsa4096\"");
         } else {

@@ -55,13 +55,14 @@ void dm_access_log(const struct dm_conn *c)
                      "{\"ts\":\"%s\",\"conn\":%llu,\"client\":\"%s\",\"tls\":%s,\"method\":\"%s\","
                      "\"host\":\"%s\",\"path\":\"%s\",\"proto\":\"%s\",\"status\":%d,"
                      "\"bytes\":%llu,\"duration_ms\":%.3f,\"backend\":\"%s\"}\n",
-                     ts, (unsigned long long)c->id, c->peer_ip, c->ssl ? "true" : "false", m, h,
-                     p, proto, c->status, (unsigned long long)c->resp_bytes, ms,
+                     ts, (unsigned long long)c->id, c->peer_ip, c->ssl ? "true" : "false", m, h, p,
+                     proto, c->status, (unsigned long long)c->resp_bytes, ms,
                      c->backend ? c->backend : "");
     } else {
         /* The path is printed as received; the parser already refused CTLs. */
-        n = snprintf(line, sizeof(line), "%s access c=%llu %s \"%s %s%s %s\" %d %llu %.3fms backend=%s\n",
-                     ts, (unsigned long long)c->id, c->peer_ip, c->method[0] ? c->method : "-",
+        n = snprintf(line, sizeof(line),
+                     "%s access c=%llu %s \"%s %s%s %s\" %d %llu %.3fms backend=%s\n", ts,
+                     (unsigned long long)c->id, c->peer_ip, c->method[0] ? c->method : "-",
                      c->host[0] ? c->host : "-", c->path, proto, c->status,
                      (unsigned long long)c->resp_bytes, ms, c->backend ? c->backend : "-");
     }

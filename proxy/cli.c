@@ -83,8 +83,8 @@ static void control_on_reload(evutil_socket_t sig, short what, void *arg)
         cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), &problems);
     if (next == NULL) {
         for (size_t i = 0; i < problems.num_items; i++) {
-            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)",
-                   ctl->config_path, problems.items[i]);
+            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)", ctl->config_path,
+                   problems.items[i]);
         }
         cfg_problems_cleanup(&problems);
         return;
@@ -402,8 +402,8 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_reverse_proxy(int argc, char **argv)
 {
-    static const int allowed[] = {OPT_FROM, OPT_TO,       OPT_HTTPS_PORT, OPT_HTTP_PORT, OPT_BIND,
-                                  OPT_DATA_DIR, OPT_CA, OPT_CA_ROOT, OPT_EMAIL};
+    static const int allowed[] = {OPT_FROM,     OPT_TO, OPT_HTTPS_PORT, OPT_HTTP_PORT, OPT_BIND,
+                                  OPT_DATA_DIR, OPT_CA, OPT_CA_ROOT,    OPT_EMAIL};
     struct args a;
     if (parse_args(argc, argv, "reverse-proxy", allowed, 9, &a) != 0) {
         return 2;
@@ -474,8 +474,8 @@ static int install_root(const char *root_path)
     char *pem = NULL;
     size_t len = 0;
     struct dm_err err = {0};
-    if (dm_file_read(root_path, 1 << 20, &pem, &len, &err) != 0 || dm_mkdir_p(dir, 0755, &err) != 0 ||
-        dm_file_write_atomic(dst, pem, len, 0644, &err) != 0) {
+    if (dm_file_read(root_path, 1 << 20, &pem, &len, &err) != 0 ||
+        dm_mkdir_p(dir, 0755, &err) != 0 || dm_file_write_atomic(dst, pem, len, 0644, &err) != 0) {
         fprintf(stderr, "doorman trust --install: %s\n", err.msg);
         free(pem);
         return 1;
@@ -491,8 +491,7 @@ static int install_root(const char *root_path)
         _exit(127);
     }
     int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0) {
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "doorman trust --install: update-ca-certificates failed (package "
                         "ca-certificates; run as root)\n");
         return 1;

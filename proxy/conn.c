@@ -26,7 +26,7 @@
 /* Bytes read from one side per wakeup, so one busy connection cannot starve
  * the others of its worker. */
 #define CONN_READ_BUDGET (256 * 1024)
-#define CONN_READ_CHUNK 16384
+#define CONN_READ_CHUNK  16384
 /* How long a closing connection discards late input so that its last
  * response is not destroyed by a TCP reset (unread data at close). */
 #define CONN_LINGER_MS 2000
@@ -130,8 +130,7 @@ static void format_peer(struct dm_conn *c)
     }
 }
 
-void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len,
-                    bool is_tls)
+void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len, bool is_tls)
 {
     struct dm_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -309,8 +308,8 @@ static void conn_respond_full(struct dm_conn *c, int status, const char *content
                               const char *extra_headers, const char *body, bool close_after);
 
 /* conn_respond writes a complete short response made by the proxy itself. */
-static void conn_respond(struct dm_conn *c, int status, const char *extra_headers,
-                         const char *body, bool close_after)
+static void conn_respond(struct dm_conn *c, int status, const char *extra_headers, const char *body,
+                         bool close_after)
 {
     conn_respond_full(c, status, "text/plain; charset=utf-8", extra_headers, body, close_after);
 }
@@ -380,9 +379,9 @@ static void conn_parse_error(struct dm_conn *c)
 
 static bool is_hop_by_hop(const struct dm_http1_header *h, const struct dm_http1_msg *m)
 {
-    static const char *const names[] = {"connection",        "keep-alive",        "proxy-connection",
-                                        "te",                "trailer",           "transfer-encoding",
-                                        "upgrade",           "content-length"};
+    static const char *const names[] = {"connection", "keep-alive",    "proxy-connection",
+                                        "te",         "trailer",       "transfer-encoding",
+                                        "upgrade",    "content-length"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (dm_str_ieq_lit(h->name, h->name_len, names[i])) {
             return true;
@@ -420,8 +419,8 @@ static int host_from_request(struct dm_conn *c, const char **out_raw, size_t *ou
     const char *h = NULL;
     size_t len = 0;
     const struct dm_http1_msg *m = &c->msg;
-    if (m->target_len > 8 && (dm_str_ieq(m->target, 7, "http://", 7) ||
-                              dm_str_ieq(m->target, 8, "https://", 8))) {
+    if (m->target_len > 8 &&
+        (dm_str_ieq(m->target, 7, "http://", 7) || dm_str_ieq(m->target, 8, "https://", 8))) {
         const char *p = memchr(m->target, '/', m->target_len);
         p += 2;
         const char *end = m->target + m->target_len;
@@ -479,8 +478,8 @@ static void conn_redirect(struct dm_conn *c, size_t head_len)
     if (cfg->https_port != 443) {
         snprintf(port, sizeof(port), ":%u", cfg->https_port);
     }
-    int n = snprintf(loc, sizeof(loc), "Location: https://%s%s%s%s%.*s\r\n", v6 ? "[" : "",
-                     c->host, v6 ? "]" : "", port, (int)target_len, target);
+    int n = snprintf(loc, sizeof(loc), "Location: https://%s%s%s%s%.*s\r\n", v6 ? "[" : "", c->host,
+                     v6 ? "]" : "", port, (int)target_len, target);
     evbuffer_drain(c->in, head_len);
     if (n < 0 || (size_t)n >= sizeof(loc)) {
         conn_respond(c, 414, NULL, "414 URI Too Long\n", true);
@@ -668,8 +667,7 @@ static void conn_start_request(struct dm_conn *c, size_t head_len)
         memcmp(m->target, "/.well-known/acme-challenge/", 28) == 0 &&
         (dm_str_ieq_lit(m->method, m->method_len, "GET") || c->is_head)) {
         char key_auth[512];
-        int n = acme_http01_lookup(m->target + 28, m->target_len - 28, key_auth,
-                                   sizeof(key_auth));
+        int n = acme_http01_lookup(m->target + 28, m->target_len - 28, key_auth, sizeof(key_auth));
         if (n >= 0) {
             evbuffer_drain(c->in, head_len);
             dm_log(DM_LOG_INFO, "acme", "http-01 challenge answered for %s from %s", c->host,
@@ -1011,8 +1009,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_respond(c, 408, NULL, "408 Request Timeout\n", true);
         break;
     case DM_CONN_PROXY:
-        DM_LOG_DBG("http", "c=%llu %s: client body timeout", (unsigned long long)c->id,
-                   c->peer_ip);
+        DM_LOG_DBG("http", "c=%llu %s: client body timeout", (unsigned long long)c->id, c->peer_ip);
         conn_close(c);
         break;
     default:

@@ -3,8 +3,8 @@
  * the control thread creates them and every worker holds them. */
 #include <stdlib.h>
 
-#include "proxy/core/err.h"
 #include "config/config.h"
+#include "proxy/core/err.h"
 #include "proxy/proxy_int.h"
 
 struct dm_gen *dm_gen_new(struct cfg *cfg, struct dm_err *err)
@@ -29,9 +29,8 @@ struct dm_gen *dm_gen_new(struct cfg *cfg, struct dm_err *err)
     /* Backends are trusted more than clients but still bounded. */
     g->resp_limits.max_line = 8192;
     g->resp_limits.max_headers = cfg->limits.max_headers;
-    g->resp_limits.max_header_bytes = 65536 > cfg->limits.max_header_bytes
-                                          ? 65536
-                                          : cfg->limits.max_header_bytes;
+    g->resp_limits.max_header_bytes =
+        65536 > cfg->limits.max_header_bytes ? 65536 : cfg->limits.max_header_bytes;
     return g;
 }
 

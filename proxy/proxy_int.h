@@ -4,10 +4,10 @@
 #ifndef DM_PROXY_PROXY_INT_H
 #define DM_PROXY_PROXY_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <pthread.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -29,7 +29,7 @@ struct dm_upstream_conn;
 /* Stop reading a side while the other side's output holds more than this,
  * resume below the low mark: bounds memory per proxied stream. */
 #define DM_BUF_HIGH (256 * 1024)
-#define DM_BUF_LOW (64 * 1024)
+#define DM_BUF_LOW  (64 * 1024)
 /* Bytes of pipelined input buffered while a request is in flight. */
 #define DM_PIPELINE_MAX (64 * 1024)
 
@@ -58,11 +58,11 @@ const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host,
 
 /* Process-wide state every worker reads (set up before workers start). */
 struct dm_proxy {
-    SSL_CTX *ssl_ctx;          /* owned: shared by all workers */
-    struct acme_store *store;  /* borrowed */
-    atomic_int num_conns;      /* open client connections, all workers */
+    SSL_CTX *ssl_ctx;         /* owned: shared by all workers */
+    struct acme_store *store; /* borrowed */
+    atomic_int num_conns;     /* open client connections, all workers */
     atomic_uint_fast64_t next_conn_id;
-    int access_fd;             /* -1 = off */
+    int access_fd; /* -1 = off */
     bool access_json;
 };
 
@@ -87,67 +87,67 @@ enum dm_conn_state {
  * worker's loop. */
 struct dm_conn {
     uint64_t id;
-    struct dm_worker *w;  /* borrowed */
-    struct dm_gen *gen;   /* ref: the generation this connection started with */
+    struct dm_worker *w; /* borrowed */
+    struct dm_gen *gen;  /* ref: the generation this connection started with */
     int fd;
-    SSL *ssl;             /* owned; NULL on the plain-HTTP port */
+    SSL *ssl; /* owned; NULL on the plain-HTTP port */
     enum dm_conn_state state;
     struct event rev, wev, timer;
     struct evbuffer *in, *out; /* owned */
     struct sockaddr_storage peer;
     socklen_t peer_len;
     char peer_ip[48];
-    bool peer_trusted;     /* peer is in trusted_proxies */
-    char sni[256];         /* lower-case SNI, "" if none */
+    bool peer_trusted;               /* peer is in trusted_proxies */
+    char sni[256];                   /* lower-case SNI, "" if none */
     const struct cfg_site *sni_site; /* borrowed from gen */
-    bool is_acme_alpn;     /* tls-alpn-01 validation: close after the handshake */
-    struct dm_conn *prev, *next; /* worker's list */
+    bool is_acme_alpn;               /* tls-alpn-01 validation: close after the handshake */
+    struct dm_conn *prev, *next;     /* worker's list */
 
     /* Current request. */
     struct dm_http1_parser parser;
     struct dm_http1_msg msg;
     struct dm_http1_chunked req_chunked;
-    uint64_t req_body_left;   /* Content-Length bytes still to forward */
+    uint64_t req_body_left; /* Content-Length bytes still to forward */
     bool req_body_done;
-    bool keep_alive;          /* answer keeps the connection open */
+    bool keep_alive; /* answer keeps the connection open */
     bool is_head;
-    bool resp_started;        /* a response head went to the client */
-    bool want_close;          /* close after this response (errors, shutdown) */
-    bool read_paused;         /* backpressure */
-    bool eof;                 /* client closed its side */
+    bool resp_started; /* a response head went to the client */
+    bool want_close;   /* close after this response (errors, shutdown) */
+    bool read_paused;  /* backpressure */
+    bool eof;          /* client closed its side */
     bool is_http10;
-    bool dechunk;             /* response is chunked but the client speaks 1.0 */
+    bool dechunk; /* response is chunked but the client speaks 1.0 */
     int status;
-    uint64_t resp_bytes;      /* bytes of response written (for logs) */
+    uint64_t resp_bytes; /* bytes of response written (for logs) */
     uint64_t req_start_us;
     char method[16];
     char host[256];
-    char path[512];           /* truncated copy for the access log */
+    char path[512];              /* truncated copy for the access log */
     const struct cfg_site *site; /* borrowed from gen */
     struct dm_upstream_conn *up; /* the backend connection serving this request */
-    const char *backend;      /* borrowed from gen: backend address text */
-    int refs;                 /* holds during callback dispatch */
+    const char *backend;         /* borrowed from gen: backend address text */
+    int refs;                    /* holds during callback dispatch */
     bool closed;
-    bool lingering;           /* response sent, write side shut, discarding input */
+    bool lingering; /* response sent, write side shut, discarding input */
 };
 
 /* A worker: one thread, one event_base, its own listeners and pools. */
 struct dm_worker {
     int id;
-    struct event_base *base;   /* owned */
-    struct evdns_base *dns;    /* owned */
-    struct dm_gen *gen;        /* ref: generation for new connections */
+    struct event_base *base; /* owned */
+    struct evdns_base *dns;  /* owned */
+    struct dm_gen *gen;      /* ref: generation for new connections */
     struct event *listen_evs[4];
     int listen_fds[4];
     bool listen_is_tls[4];
     int num_listeners;
-    struct event *msg_ev;      /* woken by the control thread */
-    atomic_int pending_msg;    /* DM_WORKER_MSG_* bits */
+    struct event *msg_ev;            /* woken by the control thread */
+    atomic_int pending_msg;          /* DM_WORKER_MSG_* bits */
     struct dm_gen *_Atomic next_gen; /* handed over with DM_WORKER_MSG_GEN */
-    struct dm_conn *conns;     /* list of open connections */
+    struct dm_conn *conns;           /* list of open connections */
     int num_conns;
     bool draining;
-    unsigned rr;               /* round-robin cursor over a site's backends */
+    unsigned rr; /* round-robin cursor over a site's backends */
     struct event *drain_timer;
     atomic_uint stop_deadline_ms;
     struct dm_upstream_pool *pools; /* per backend idle connections */
@@ -159,8 +159,8 @@ struct dm_worker {
     pthread_t thread;
 };
 
-#define DM_WORKER_MSG_STOP 1
-#define DM_WORKER_MSG_GEN 2
+#define DM_WORKER_MSG_STOP  1
+#define DM_WORKER_MSG_GEN   2
 #define DM_WORKER_MSG_FORCE 4
 
 /* conn.c */
@@ -206,7 +206,6 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);
 void dm_upstream_pools_free(struct dm_worker *w);
 /* dm_upstream_pools_close_idle closes the parked connections (shutdown). */
 void dm_upstream_pools_close_idle(struct dm_worker *w);
-
 
 /* chunked_io.c: runs the chunked decoder ch over src until src is empty or
  * the body ends, moving every consumed byte to dst (or only the data when

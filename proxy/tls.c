@@ -162,8 +162,8 @@ static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *
                 return ssl_select_cert_error;
             }
             c->is_acme_alpn = true;
-            dm_log(DM_LOG_INFO, "acme", "tls-alpn-01 validation connection for %s from %s",
-                   c->sni, c->peer_ip);
+            dm_log(DM_LOG_INFO, "acme", "tls-alpn-01 validation connection for %s from %s", c->sni,
+                   c->peer_ip);
         } else {
             cert = acme_store_get(dm_proxy_g.store, c->sni, strlen(c->sni));
         }
@@ -191,7 +191,8 @@ static int tls_on_alpn(SSL *ssl, const uint8_t **out, uint8_t *out_len, const ui
 {
     (void)arg;
     static const uint8_t http11[] = "\x08http/1.1";
-    static const uint8_t acme_tls[] = "\x0a" "acme-tls/1";
+    static const uint8_t acme_tls[] = "\x0a"
+                                      "acme-tls/1";
     struct dm_conn *c = SSL_get_ex_data(ssl, dm_tls_conn_index);
     uint8_t *sel;
     if (c != NULL && c->is_acme_alpn) {

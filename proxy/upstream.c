@@ -24,8 +24,8 @@
 #include "proxy/proxy_int.h"
 
 /* Idle backend connections kept per backend and worker, and how long. */
-#define UP_POOL_MAX 128
-#define UP_IDLE_MS 30000
+#define UP_POOL_MAX    128
+#define UP_IDLE_MS     30000
 #define UP_READ_BUDGET (256 * 1024)
 
 enum up_state {
@@ -45,13 +45,13 @@ struct dm_upstream_pool {
 };
 
 struct dm_upstream_conn {
-    struct dm_worker *w;          /* borrowed */
-    struct dm_conn *c;            /* borrowed: client being served, NULL when idle */
+    struct dm_worker *w;           /* borrowed */
+    struct dm_conn *c;             /* borrowed: client being served, NULL when idle */
     struct dm_upstream_pool *pool; /* borrowed */
     int fd;
     enum up_state state;
     struct event rev, wev, timer;
-    struct evbuffer *in, *out; /* owned */
+    struct evbuffer *in, *out;   /* owned */
     struct evbuffer *retry_head; /* owned: copy of the head while a stale-retry is possible */
     struct evdns_getaddrinfo_request *dns;
     uint16_t port;
@@ -67,7 +67,7 @@ struct dm_upstream_conn {
     bool eof;
     bool closed;
     bool response_timer_armed; /* timeouts.response runs from the end of the request */
-    int pending_error; /* status to report from the deferred timer, 0 = none */
+    int pending_error;         /* status to report from the deferred timer, 0 = none */
     const char *pending_why;
     int refs;
     struct dm_upstream_conn *pool_next, *pool_prev;
@@ -439,9 +439,8 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
     }
-    if (!reusable || u->eof || evbuffer_get_length(u->in) > 0 ||
-        evbuffer_get_length(u->out) > 0 || u->pool->num_idle >= UP_POOL_MAX ||
-        u->w->draining) {
+    if (!reusable || u->eof || evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
+        u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
         up_close(u);
         return;
     }
@@ -628,8 +627,7 @@ static void up_process(struct dm_upstream_conn *u)
             const struct dm_http1_limits *lim = &c->gen->resp_limits;
             size_t want = len < lim->max_header_bytes + 4 ? len : lim->max_header_bytes + 4;
             const char *data = (const char *)evbuffer_pullup(u->in, (ssize_t)want);
-            ssize_t n =
-                dm_http1_parse_response(&u->parser, &u->msg, data, want, lim, c->is_head);
+            ssize_t n = dm_http1_parse_response(&u->parser, &u->msg, data, want, lim, c->is_head);
             if (n == DM_PARSE_AGAIN) {
                 if (u->eof) {
                     up_fail(u, 502, "backend closed mid-head");

@@ -24,7 +24,7 @@
 #include "proxy/proxy_int.h"
 
 #define WORKER_ACCEPT_BATCH 64
-#define LISTEN_BACKLOG 4096
+#define LISTEN_BACKLOG      4096
 
 struct dm_proxy dm_proxy_g = {.access_fd = 2};
 
@@ -178,8 +178,8 @@ static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dm_worker *w = arg;
     if (w->num_conns > 0) {
-        dm_log(DM_LOG_WARN, "worker", "worker %d: shutdown deadline, closing %d connections",
-               w->id, w->num_conns);
+        dm_log(DM_LOG_WARN, "worker", "worker %d: shutdown deadline, closing %d connections", w->id,
+               w->num_conns);
     }
     while (w->conns != NULL) {
         dm_conn_force_close(w->conns);
@@ -247,8 +247,8 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         dm_err_set(err, DM_E_NOMEM, "event_base_new");
         return -1;
     }
-    w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    w->dns = evdns_base_new(w->base,
+                            EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (w->dns == NULL) {
         /* No resolv.conf: keep going with /etc/hosts only. */
         w->dns = evdns_base_new(w->base, 0);

@@ -8,7 +8,8 @@
 
 #include <openssl/err.h>
 
-__attribute__((format(printf, 3, 0))) static void err_vset(struct dm_err *err, enum dm_errcode code, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void err_vset(struct dm_err *err, enum dm_errcode code,
+                                                           const char *fmt, va_list ap)
 {
     err->code = code;
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
@@ -43,7 +44,8 @@ void dm_err_set_tls(struct dm_err *err, const char *fmt, ...)
             ERR_error_string_n(e, reason, sizeof(reason));
             int n = snprintf(err->msg + used, sizeof(err->msg) - used, ": %s", reason);
             if (n > 0) {
-                used += (size_t)n < sizeof(err->msg) - used ? (size_t)n : sizeof(err->msg) - used - 1;
+                used +=
+                    (size_t)n < sizeof(err->msg) - used ? (size_t)n : sizeof(err->msg) - used - 1;
             }
         }
     }
@@ -73,8 +75,8 @@ void dm_err_clear(struct dm_err *err)
 const char *dm_errcode_name(enum dm_errcode code)
 {
     static const char *const names[] = {
-        "ok",     "nomem", "io",      "tls",   "proto",    "timeout",
-        "config", "acme",  "storage", "limit", "notfound", "canceled", "stale",
+        "ok",   "nomem",   "io",    "tls",      "proto",    "timeout", "config",
+        "acme", "storage", "limit", "notfound", "canceled", "stale",
     };
     if ((size_t)code < sizeof(names) / sizeof(names[0])) {
         return names[code];

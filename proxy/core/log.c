@@ -83,8 +83,9 @@ void dm_log(enum dm_log_level level, const char *subsys, const char *fmt, ...)
     if (atomic_load(&log_is_json)) {
         char esc[4096];
         json_escape(esc, sizeof(esc), msg);
-        n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"sub\":\"%s\",\"msg\":\"%s\"}\n",
-                     ts, level_names[level], subsys, esc);
+        n = snprintf(line, sizeof(line),
+                     "{\"ts\":\"%s\",\"level\":\"%s\",\"sub\":\"%s\",\"msg\":\"%s\"}\n", ts,
+                     level_names[level], subsys, esc);
     } else {
         n = snprintf(line, sizeof(line), "%s %-5s %s: %s\n", ts, level_names[level], subsys, msg);
     }

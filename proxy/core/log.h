@@ -27,9 +27,9 @@ bool dm_log_enabled(enum dm_log_level level);
 void dm_log(enum dm_log_level level, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define DM_LOG_ERR(sub, ...) dm_log(DM_LOG_ERROR, sub, __VA_ARGS__)
+#define DM_LOG_ERR(sub, ...)     dm_log(DM_LOG_ERROR, sub, __VA_ARGS__)
 #define DM_LOG_WARNING(sub, ...) dm_log(DM_LOG_WARN, sub, __VA_ARGS__)
-#define DM_LOG_INFO_(sub, ...) dm_log(DM_LOG_INFO, sub, __VA_ARGS__)
+#define DM_LOG_INFO_(sub, ...)   dm_log(DM_LOG_INFO, sub, __VA_ARGS__)
 #define DM_LOG_DBG(sub, ...)                                                                       \
     do {                                                                                           \
         if (dm_log_enabled(DM_LOG_DEBUG)) {                                                        \

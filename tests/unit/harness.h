@@ -66,6 +66,9 @@ struct harness_test {
         return harness_failures == 0 ? 0 : 1;                                                      \
     }
 
-#define T(fn) {#fn, fn}
+#define T(fn)                                                                                      \
+    {                                                                                              \
+#fn, fn                                                                                    \
+    }
 
 #endif

@@ -1327,7 +1327,7 @@ TEST(test_teardown)
     teardown();
 }
 
-#define ACME_SITE(hosts, acme)                                                                      \
+#define ACME_SITE(hosts, acme)                                                                     \
     "{\"hosts\": [" hosts "], \"to\": \"127.0.0.1:1\", \"tls\": {\"acme\": " acme "}}"
 
 TEST(test_acme_sites)
@@ -1402,10 +1402,10 @@ TEST(test_acme_sites)
                     "sites[0].tls.acme.emial: unknown key (did you mean \"email\"?)");
 }
 
-HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites), T(test_full_config), T(test_bad_types),
-             T(test_bad_values), T(test_many_problems_at_once), T(test_problem_cap),
-             T(test_unknown_keys), T(test_duplicate_hosts), T(test_host_names_and_wildcards),
-             T(test_addresses), T(test_durations), T(test_tls_files), T(test_json_errors),
-             T(test_data_dir), T(test_quick), T(test_dump_round_trip),
-             T(test_refcount_and_generation), T(test_host_matches), T(test_quote_limits),
-             T(test_examples), T(test_teardown))
+HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites), T(test_full_config),
+             T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
+             T(test_problem_cap), T(test_unknown_keys), T(test_duplicate_hosts),
+             T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
+             T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
+             T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
+             T(test_quote_limits), T(test_examples), T(test_teardown))
