@@ -6,7 +6,7 @@ set -eu
 # Build: compiler, CMake, BoringSSL (Debian's Android build), libevent,
 # nghttp2, jansson. Tests: curl/openssl clients, python3 for the integration
 # driver, clang + its runtime for sanitizers and libFuzzer, Pebble (ACME test CA).
-PKGS="build-essential cmake pkg-config clang libclang-rt-14-dev
+PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
 android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
 curl openssl python3 ca-certificates nghttp2-client"
 if [ "${1:-}" = "--bench" ]; then

@@ -11,6 +11,9 @@ sh tests/install-deps.sh
 JOBS=${JOBS:-2}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
+echo "== format check (clang-format 14, .clang-format)"
+git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
+
 echo "== gcc -Werror build + tests"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDM_WERROR=ON >/dev/null
 cmake --build build/ci -j"$JOBS"
