@@ -69,8 +69,9 @@ static void conn_resume_read(struct dm_conn *c)
     if (c->read_paused && !c->closed) {
         c->read_paused = false;
         event_add(&c->rev, NULL);
-        /* TLS may hold decrypted bytes the socket no longer signals. */
-        if (c->ssl != NULL && SSL_pending(c->ssl) > 0) {
+        /* Bytes already taken from the socket (our read buffer, or decrypted
+         * in the SSL) are not signalled by the socket again. */
+        if (c->ssl != NULL && (c->rbuf != NULL || SSL_pending(c->ssl) > 0)) {
             event_active(&c->rev, EV_READ, 0);
         }
     }
@@ -166,7 +167,11 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
 
     if (is_tls) {
         c->ssl = SSL_new(dm_proxy_g.ssl_ctx);
-        if (c->ssl == NULL || !SSL_set_fd(c->ssl, fd)) {
+        BIO *bio = c->ssl != NULL ? dm_tls_bio_new(c) : NULL;
+        if (bio != NULL) {
+            SSL_set_bio(c->ssl, bio, bio); /* takes the one reference */
+        }
+        if (c->ssl == NULL || bio == NULL) {
             dm_err_set_tls(NULL, "SSL_new");
             conn_close(c); /* drops the connection's own reference */
             return;
@@ -214,6 +219,7 @@ static void conn_close(struct dm_conn *c)
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
+    dm_conn_rbuf_release(c);
     close(c->fd);
     evbuffer_free(c->in);
     evbuffer_free(c->out);
@@ -800,6 +806,11 @@ static size_t conn_read_socket(struct dm_conn *c)
                 vec.iov_len = (size_t)n;
                 evbuffer_commit_space(c->in, &vec, 1);
                 total += (size_t)n;
+                /* The last recv emptied the socket and every byte is used:
+                 * another SSL_read would only find EAGAIN. */
+                if (c->sock_drained && c->rbuf == NULL && SSL_pending(c->ssl) == 0) {
+                    break;
+                }
                 continue;
             }
             int e = SSL_get_error(c->ssl, n);
@@ -882,11 +893,19 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         }
         goto out;
     }
+    if (c->read_paused) {
+        goto out; /* a stale activation: backpressure holds the input */
+    }
     size_t n = conn_read_socket(c);
     if (n > 0 && c->state == DM_CONN_PROXY && !c->req_body_done) {
         conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
     }
     conn_process(c);
+    if (!c->closed && !c->eof && !c->read_paused && c->ssl != NULL &&
+        (c->rbuf != NULL || SSL_pending(c->ssl) > 0)) {
+        /* The read budget ran out with bytes already off the socket. */
+        event_active(&c->rev, EV_READ, 0);
+    }
     if (!c->closed && c->eof) {
         if (c->state == DM_CONN_IDLE || c->state == DM_CONN_HEAD) {
             conn_close(c);
@@ -906,6 +925,7 @@ static void conn_start_linger(struct dm_conn *c)
     if (c->ssl != NULL) {
         SSL_shutdown(c->ssl); /* close_notify, best effort */
     }
+    dm_conn_rbuf_release(c);
     shutdown(c->fd, SHUT_WR);
     c->lingering = true;
     event_del(&c->wev);

@@ -22,6 +22,7 @@ struct evbuffer;
 struct evdns_base;
 struct acme_store;
 struct dm_worker;
+struct dm_conn;
 struct dm_upstream_conn;
 
 /* Hard caps chosen for memory safety; the configurable limits are below them. */
@@ -30,6 +31,10 @@ struct dm_upstream_conn;
  * resume below the low mark: bounds memory per proxied stream. */
 #define DM_BUF_HIGH (256 * 1024)
 #define DM_BUF_LOW  (64 * 1024)
+/* One recv into this reads a whole TLS record (16 KiB + header + overhead). */
+#define DM_RBUF_SIZE (17 * 1024)
+/* Free read buffers a worker keeps for reuse. */
+#define DM_RBUF_CACHE 64
 /* Bytes of pipelined input buffered while a request is in flight. */
 #define DM_PIPELINE_MAX (64 * 1024)
 
@@ -70,6 +75,12 @@ extern struct dm_proxy dm_proxy_g;
 
 /* tls.c */
 SSL_CTX *dm_tls_ctx_new(struct dm_err *err);
+
+/* tls_bio.c: the buffered socket BIO of client TLS connections. */
+int dm_tls_bio_init(void);
+BIO *dm_tls_bio_new(struct dm_conn *c);
+void dm_conn_rbuf_release(struct dm_conn *c);
+void dm_worker_rbufs_free(struct dm_worker *w);
 /* Index of the struct dm_conn pointer in SSL ex_data. */
 extern int dm_tls_conn_index;
 
@@ -101,7 +112,10 @@ struct dm_conn {
     char sni[256];                   /* lower-case SNI, "" if none */
     const struct cfg_site *sni_site; /* borrowed from gen */
     bool is_acme_alpn;               /* tls-alpn-01 validation: close after the handshake */
-    struct dm_conn *prev, *next;     /* worker's list */
+    uint8_t *rbuf;                   /* owned while it holds unread socket bytes (tls_bio.c) */
+    uint32_t rbuf_off, rbuf_len;
+    bool sock_drained;           /* the last recv found no more bytes in the socket */
+    struct dm_conn *prev, *next; /* worker's list */
 
     /* Current request. */
     struct dm_http1_parser parser;
@@ -156,6 +170,8 @@ struct dm_worker {
      * worker is enough and keeps idle connections small. */
     struct dm_http1_header req_fields[DM_MAX_HEADERS_CAP];
     struct dm_http1_header resp_fields[DM_MAX_HEADERS_CAP];
+    uint8_t *free_rbufs[DM_RBUF_CACHE]; /* owned: TLS read buffers for reuse */
+    int num_free_rbufs;
     pthread_t thread;
 };
 

@@ -216,6 +216,10 @@ static int tls_on_alpn(SSL *ssl, const uint8_t **out, uint8_t *out_len, const ui
 SSL_CTX *dm_tls_ctx_new(struct dm_err *err)
 {
     if (dm_tls_conn_index < 0) {
+        if (dm_tls_bio_init() != 0) {
+            dm_err_set_tls(err, "BIO method");
+            return NULL;
+        }
         dm_tls_conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
         dm_tls_ticket_keys_rotate();
         dm_tls_ticket_keys_rotate();

@@ -27,6 +27,7 @@
 #define UP_POOL_MAX    128
 #define UP_IDLE_MS     30000
 #define UP_READ_BUDGET (256 * 1024)
+#define UP_READ_CHUNK  (64 * 1024)
 
 enum up_state {
     UP_RESOLVING = 0,
@@ -262,7 +263,8 @@ int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evb
         }
         up_attach(u, c, head_buf);
         u->state = UP_WAIT_HEAD;
-        event_add(&u->wev, NULL);
+        /* No write event: the caller's dm_upstream_kick writes at once and
+         * asks for writability only if the socket is full. */
         up_arm_wait(u);
         return 0;
     }
@@ -693,12 +695,25 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
         up_close(u);
         goto out;
     }
+    /* recv into reserved buffer space: no FIONREAD first (evbuffer_read asks
+     * it every time), and a short read means the socket is empty, which
+     * saves the recv that would only find EAGAIN. */
     size_t total = 0;
     while (total < UP_READ_BUDGET) {
-        int n = evbuffer_read(u->in, fd, 65536);
+        struct evbuffer_iovec vec;
+        if (evbuffer_reserve_space(u->in, UP_READ_CHUNK, &vec, 1) < 1) {
+            u->eof = true;
+            break;
+        }
+        ssize_t n = recv(fd, vec.iov_base, vec.iov_len, 0);
         if (n > 0) {
+            vec.iov_len = (size_t)n;
+            evbuffer_commit_space(u->in, &vec, 1);
             total += (size_t)n;
             u->got_bytes = true;
+            if ((size_t)n < UP_READ_CHUNK) {
+                break;
+            }
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {

@@ -375,6 +375,7 @@ void dm_workers_stop(uint32_t deadline_ms)
             dm_conn_force_close(w->conns);
         }
         dm_upstream_pools_free(w);
+        dm_worker_rbufs_free(w);
         worker_close_listeners(w);
         if (w->drain_timer != NULL) {
             event_free(w->drain_timer);
