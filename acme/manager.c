@@ -19,6 +19,7 @@
 #include "acme/acme.h"
 #include "acme/cert_int.h"
 #include "acme/issuer_local_int.h"
+#include "acme/manager_acme.h"
 #include "acme/manager_int.h"
 #include "acme/storage.h"
 #include "config/config_types.h"
@@ -55,7 +56,8 @@ struct acme_manager {
     struct mgr_local *locals;     /* owned list */
     char **served;                /* owned: names put by the last apply, sorted, unique */
     size_t num_served;
-    int fail_issues; /* test hook: fail this many issues */
+    int fail_issues;           /* test hook: fail this many issues */
+    struct mgr_acme_set *acme; /* owned: the ACME sites */
 };
 
 /* err_prefix rewrites err's message as "<prefix>: <message>". */
@@ -510,6 +512,11 @@ struct acme_manager *acme_manager_new(struct event_base *base, struct acme_store
         acme_manager_free(m);
         return NULL;
     }
+    if ((m->acme = mgr_acme_set_new(base, store, m->storage, data_dir)) == NULL) {
+        acme_manager_free(m);
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return NULL;
+    }
     return m;
 }
 
@@ -518,6 +525,7 @@ void acme_manager_free(struct acme_manager *m)
     if (m == NULL) {
         return;
     }
+    mgr_acme_set_free(m->acme);
     locals_free(m->locals);
     names_free(m->served, m->num_served);
     acme_local_ca_free(m->ca);
@@ -547,7 +555,8 @@ static int apply_check_names(const struct cfg *cfg, struct dm_err *err)
  * references) and the local sites' entries into *out_fresh, without touching
  * the store or m->locals. */
 static int apply_prepare(struct acme_manager *m, const struct cfg *cfg, struct acme_cert **certs,
-                         struct mgr_local **out_fresh, struct dm_err *err)
+                         struct mgr_local **out_fresh, struct mgr_acme **acme_fresh,
+                         struct dm_err *err)
 {
     struct mgr_local **tail = out_fresh;
     for (size_t i = 0; i < cfg->num_sites; i++) {
@@ -557,6 +566,14 @@ static int apply_prepare(struct acme_manager *m, const struct cfg *cfg, struct a
         }
         if (site->tls == CFG_TLS_FILES) {
             if ((certs[i] = files_load(site, err)) == NULL) {
+                err_prefix(err, "sites[%zu]", i);
+                return -1;
+            }
+            continue;
+        }
+        if (site->tls == CFG_TLS_ACME) {
+            /* The snapshot is refcounted; entries keep it alive past this call. */
+            if (mgr_acme_prepare(m->acme, (struct cfg *)cfg, i, acme_fresh, &certs[i], err) != 0) {
                 err_prefix(err, "sites[%zu]", i);
                 return -1;
             }
@@ -583,6 +600,9 @@ static int apply_publish(struct acme_manager *m, const struct cfg *cfg, struct a
     bool has_default = false;
     for (size_t i = 0; i < cfg->num_sites; i++) {
         const struct cfg_site *site = &cfg->sites[i];
+        if (certs[i] == NULL) {
+            continue; /* an ACME site whose first certificate is on its way */
+        }
         for (size_t j = 0; j < site->num_hosts; j++) {
             if (acme_store_put(m->store, site->hosts[j], certs[i], !has_default) != 0) {
                 dm_err_set(err, DM_E_NOMEM, "sites[%zu]: %s: out of memory", i, site->hosts[j]);
@@ -613,6 +633,7 @@ int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_
     int rc = -1;
     struct acme_cert **certs = calloc(cfg->num_sites > 0 ? cfg->num_sites : 1, sizeof(*certs));
     struct mgr_local *fresh = NULL;
+    struct mgr_acme *acme_fresh = NULL;
     char **served = NULL;
     size_t num_served = 0;
     if (certs == NULL) {
@@ -620,7 +641,8 @@ int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_
         goto out;
     }
     /* Phase 1: everything that can fail for a reason other than memory. */
-    if (apply_check_names(cfg, err) != 0 || apply_prepare(m, cfg, certs, &fresh, err) != 0) {
+    if (apply_check_names(cfg, err) != 0 ||
+        apply_prepare(m, cfg, certs, &fresh, &acme_fresh, err) != 0) {
         goto out;
     }
     if ((served = served_collect(cfg, &num_served)) == NULL) {
@@ -642,8 +664,13 @@ int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_
     for (struct mgr_local *l = m->locals; l != NULL; l = l->next) {
         local_schedule(l);
     }
+    mgr_acme_commit(m->acme, acme_fresh);
+    acme_fresh = NULL;
     rc = 0;
 out:
+    if (acme_fresh != NULL) {
+        mgr_acme_abort(m->acme, acme_fresh);
+    }
     for (size_t i = 0; certs != NULL && i < cfg->num_sites; i++) {
         acme_cert_unref(certs[i]);
     }
@@ -668,7 +695,11 @@ static struct mgr_local *local_find(const struct acme_manager *m, const char *na
 time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name)
 {
     const struct mgr_local *l = local_find(m, name);
-    return l != NULL ? l->renew_at : 0;
+    if (l != NULL) {
+        return l->renew_at;
+    }
+    const struct mgr_acme *a = m->acme != NULL ? mgr_acme_find(m->acme, name) : NULL;
+    return a != NULL ? mgr_acme_next_renewal(a) : 0;
 }
 
 void acme_manager_fail_issues(struct acme_manager *m, int n)

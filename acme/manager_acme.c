@@ -1,0 +1,517 @@
+/* The certificate manager's ACME sites: one entry per site with tls.acme.
+ * An entry serves its stored certificate while it is valid, orders a new one
+ * when there is none or when a third of its lifetime remains (with jitter),
+ * retries failures with capped exponential backoff while the old certificate
+ * keeps serving, and swaps each new certificate into the store. Clients and
+ * accounts are shared per CA directory (and email). Everything runs on the
+ * control thread's loop. Entries whose names and CA are unchanged survive a
+ * reload with their order in flight. See docs/acme.md. */
+#include "acme/manager_acme.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <openssl/rand.h>
+
+#include "acme/account.h"
+#include "acme/cert_int.h"
+#include "acme/client.h"
+#include "acme/order.h"
+#include "acme/storage.h"
+#include "config/config.h"
+#include "proxy/core/err.h"
+#include "proxy/core/log.h"
+#include "proxy/core/time.h"
+
+/* First retry one minute after a failure, doubling to six hours: a CA that
+ * is down for a day gets four attempts an hour at first and a few a day
+ * later, while the old certificate (renewed with a third of its life left)
+ * keeps serving. */
+#define ACME_BACKOFF_FIRST_S 60
+#define ACME_BACKOFF_MAX_S   (6 * 3600)
+
+/* A CA client and account shared by the sites that use the same directory,
+ * trust root, email and EAB key id. */
+struct mgr_issuer {
+    struct mgr_issuer *next;
+    char *key;                    /* owned: directory|ca_root|email|eab_kid */
+    struct acme_client *client;   /* owned */
+    struct acme_account *account; /* owned */
+};
+
+struct mgr_acme {
+    struct mgr_acme *next;
+    struct mgr_acme_set *set;    /* borrowed */
+    struct cfg *cfg;             /* ref: keeps site alive */
+    const struct cfg_site *site; /* borrowed from cfg */
+    char issuer_id[96];          /* storage issuer directory, e.g. acme-127.0.0.1-14000 */
+    struct mgr_issuer *issuer;   /* borrowed */
+    struct acme_cert *cert;      /* ref: the one being served, or NULL */
+    struct acme_order *order;    /* in flight, or NULL */
+    time_t renew_at;
+    unsigned failures;
+    char last_error[1024];
+    bool is_carried;                  /* taken from the previous apply's list, not yet committed */
+    struct cfg *next_cfg;             /* ref: the config it moves to on commit */
+    const struct cfg_site *next_site; /* borrowed from next_cfg */
+    struct event *timer;              /* owned */
+};
+
+struct mgr_acme_set {
+    struct event_base *base;      /* borrowed */
+    struct acme_store *store;     /* borrowed */
+    struct acme_storage *storage; /* borrowed */
+    char *data_dir;               /* owned */
+    struct mgr_issuer *issuers;   /* owned list */
+    struct mgr_acme *entries;     /* owned list */
+};
+
+static void entry_on_timer(evutil_socket_t fd, short what, void *arg);
+
+struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store *store,
+                                      struct acme_storage *storage, const char *data_dir)
+{
+    struct mgr_acme_set *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->data_dir = strdup(data_dir)) == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->base = base;
+    s->store = store;
+    s->storage = storage;
+    return s;
+}
+
+static void entry_free(struct mgr_acme *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    acme_order_cancel(e->order);
+    if (e->timer != NULL) {
+        event_free(e->timer);
+    }
+    acme_cert_unref(e->cert);
+    cfg_unref(e->next_cfg);
+    cfg_unref(e->cfg);
+    free(e);
+}
+
+void mgr_acme_set_free(struct mgr_acme_set *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    while (s->entries != NULL) {
+        struct mgr_acme *next = s->entries->next;
+        entry_free(s->entries);
+        s->entries = next;
+    }
+    while (s->issuers != NULL) {
+        struct mgr_issuer *next = s->issuers->next;
+        acme_account_free(s->issuers->account);
+        acme_client_free(s->issuers->client);
+        free(s->issuers->key);
+        free(s->issuers);
+        s->issuers = next;
+    }
+    free(s->data_dir);
+    free(s);
+}
+
+/* issuer_id_make derives the storage directory of a CA from its directory
+ * URL: "acme-" + host and port, reduced to [a-z0-9-]. */
+static void issuer_id_make(char *buf, size_t cap, const char *url)
+{
+    const char *p = strstr(url, "://");
+    p = p != NULL ? p + 3 : url;
+    size_t n = (size_t)snprintf(buf, cap, "acme-");
+    for (; *p != '\0' && *p != '/' && n + 1 < cap; p++) {
+        char ch = *p;
+        if (ch >= 'A' && ch <= 'Z') {
+            ch = (char)(ch + 32);
+        }
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.')) {
+            ch = '-';
+        }
+        buf[n++] = ch == '.' ? '.' : ch;
+    }
+    buf[n] = '\0';
+    /* Storage issuers allow [a-z0-9_-] only. */
+    for (char *q = buf; *q != '\0'; q++) {
+        if (*q == '.') {
+            *q = '_';
+        }
+    }
+}
+
+static struct mgr_issuer *issuer_get(struct mgr_acme_set *s, const struct cfg_acme *a,
+                                     struct dm_err *err)
+{
+    char key[4096];
+    snprintf(key, sizeof(key), "%s|%s|%s|%s", a->directory, a->ca_root ? a->ca_root : "",
+             a->email ? a->email : "", a->eab_kid ? a->eab_kid : "");
+    for (struct mgr_issuer *i = s->issuers; i != NULL; i = i->next) {
+        if (strcmp(i->key, key) == 0) {
+            return i;
+        }
+    }
+    struct mgr_issuer *i = calloc(1, sizeof(*i));
+    if (i == NULL || (i->key = strdup(key)) == NULL) {
+        free(i);
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    struct acme_client_opts co = {.directory_url = a->directory, .ca_file = a->ca_root};
+    i->client = acme_client_new(s->base, &co, err);
+    if (i->client != NULL) {
+        struct acme_account_opts ao = {.data_dir = s->data_dir,
+                                       .email = a->email,
+                                       .is_tos_agreed = a->agree_tos,
+                                       .eab_kid = a->eab_kid,
+                                       .eab_hmac_key = a->eab_hmac_key};
+        i->account = acme_account_open(i->client, &ao, err);
+    }
+    if (i->client == NULL || i->account == NULL) {
+        acme_client_free(i->client);
+        free(i->key);
+        free(i);
+        return NULL;
+    }
+    i->next = s->issuers;
+    s->issuers = i;
+    return i;
+}
+
+/* renew_at_for: a third of the lifetime left, minus up to 1% of it as jitter
+ * so certificates issued together do not renew in the same second. No fixed
+ * number of days: 6-day and 90-day certificates follow the same rule. */
+static time_t renew_at_for(time_t not_before, time_t not_after)
+{
+    time_t life = not_after - not_before;
+    if (life <= 0) {
+        return not_after;
+    }
+    uint32_t r = 0;
+    RAND_bytes((uint8_t *)&r, sizeof(r));
+    time_t jitter = life / 100 > 0 ? (time_t)(r % (uint32_t)(life / 100 + 1)) : 0;
+    return not_before + life - life / 3 - jitter;
+}
+
+static bool cert_covers_site(const struct acme_cert *c, const struct cfg_site *site)
+{
+    for (size_t i = 0; i < site->num_hosts; i++) {
+        if (!acme_cert_covers(c, site->hosts[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* entry_load_stored reads the stored certificate; it is served if it covers
+ * the site and has not expired, even when due (renewal starts at once). */
+static void entry_load_stored(struct mgr_acme *e)
+{
+    char *chain = NULL, *key = NULL;
+    struct acme_storage_meta meta = {0};
+    struct dm_err err = {0};
+    if (acme_storage_get(e->set->storage, e->issuer_id, e->site->hosts[0], &chain, &key, &meta,
+                         &err) != 0) {
+        if (err.code != DM_E_NOTFOUND) {
+            dm_log(DM_LOG_WARN, "acme", "stored certificate for %s unreadable: %s",
+                   e->site->hosts[0], err.msg);
+        }
+        goto out;
+    }
+    struct acme_cert *c = acme_cert_from_pem(chain, strlen(chain), key, strlen(key), NULL, &err);
+    if (c == NULL) {
+        dm_log(DM_LOG_WARN, "acme", "stored certificate for %s invalid, ordering again: %s",
+               e->site->hosts[0], err.msg);
+        goto out;
+    }
+    time_t now = dm_time_now();
+    if (!cert_covers_site(c, e->site) || acme_cert_not_after(c) <= now) {
+        acme_cert_unref(c);
+        goto out;
+    }
+    e->cert = c;
+    e->renew_at = meta.renew_after;
+    if (e->renew_at < acme_cert_not_before(c) || e->renew_at > acme_cert_not_after(c)) {
+        e->renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    }
+    if (meta.last_error != NULL) {
+        snprintf(e->last_error, sizeof(e->last_error), "%s", meta.last_error);
+    }
+out:
+    free(chain);
+    acme_pem_free_secret(key);
+    acme_storage_meta_cleanup(&meta);
+}
+
+static bool same_site(const struct cfg_site *a, const struct cfg_site *b)
+{
+    if (a->num_hosts != b->num_hosts || strcmp(a->acme->directory, b->acme->directory) != 0 ||
+        a->acme->key_type != b->acme->key_type) {
+        return false;
+    }
+    for (size_t i = 0; i < a->num_hosts; i++) {
+        if (strcmp(a->hosts[i], b->hosts[i]) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int mgr_acme_prepare(struct mgr_acme_set *s, struct cfg *cfg, size_t site_index,
+                     struct mgr_acme **io_fresh, struct acme_cert **out_cert, struct dm_err *err)
+{
+    const struct cfg_site *site = &cfg->sites[site_index];
+    *out_cert = NULL;
+    /* The same site under the same CA keeps its entry: a reload does not
+     * restart an order in flight or forget a failure count. */
+    for (struct mgr_acme **pp = &s->entries; *pp != NULL; pp = &(*pp)->next) {
+        struct mgr_acme *e = *pp;
+        if (same_site(e->site, site)) {
+            *pp = e->next;
+            e->next = *io_fresh;
+            *io_fresh = e;
+            /* The old cfg stays referenced until commit, so abort can give
+             * the entry back unchanged. */
+            e->is_carried = true;
+            e->next_cfg = cfg_ref(cfg);
+            e->next_site = site;
+            *out_cert = e->cert != NULL ? acme_cert_ref(e->cert) : NULL;
+            return 0;
+        }
+    }
+    struct mgr_acme *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return -1;
+    }
+    e->set = s;
+    e->cfg = cfg_ref(cfg);
+    e->site = site;
+    issuer_id_make(e->issuer_id, sizeof(e->issuer_id), site->acme->directory);
+    if (s->base != NULL) {
+        e->issuer = issuer_get(s, site->acme, err);
+        if (e->issuer == NULL) {
+            entry_free(e);
+            return -1;
+        }
+        e->timer = evtimer_new(s->base, entry_on_timer, e);
+        if (e->timer == NULL) {
+            entry_free(e);
+            dm_err_set(err, DM_E_NOMEM, "out of memory");
+            return -1;
+        }
+    }
+    entry_load_stored(e);
+    e->next = *io_fresh;
+    *io_fresh = e;
+    *out_cert = e->cert != NULL ? acme_cert_ref(e->cert) : NULL;
+    return 0;
+}
+
+static void entry_schedule(struct mgr_acme *e)
+{
+    if (e->timer == NULL || e->order != NULL) {
+        return;
+    }
+    time_t now = dm_time_now();
+    time_t at = e->cert == NULL && e->failures == 0 ? now : e->renew_at;
+    struct timeval tv = {.tv_sec = at > now ? at - now : 0};
+    evtimer_add(e->timer, &tv);
+}
+
+void mgr_acme_commit(struct mgr_acme_set *s, struct mgr_acme *fresh)
+{
+    /* Entries not carried over belong to removed sites: their orders stop. */
+    while (s->entries != NULL) {
+        struct mgr_acme *next = s->entries->next;
+        entry_free(s->entries);
+        s->entries = next;
+    }
+    s->entries = fresh;
+    for (struct mgr_acme *e = s->entries; e != NULL; e = e->next) {
+        if (e->is_carried) {
+            cfg_unref(e->cfg);
+            e->cfg = e->next_cfg;
+            e->site = e->next_site;
+            e->next_cfg = NULL;
+            e->next_site = NULL;
+            e->is_carried = false;
+        }
+        entry_schedule(e);
+    }
+}
+
+void mgr_acme_abort(struct mgr_acme_set *s, struct mgr_acme *fresh)
+{
+    /* Carried-over entries go back unchanged; new ones are dropped. */
+    while (fresh != NULL) {
+        struct mgr_acme *next = fresh->next;
+        if (fresh->is_carried) {
+            cfg_unref(fresh->next_cfg);
+            fresh->next_cfg = NULL;
+            fresh->next_site = NULL;
+            fresh->is_carried = false;
+            fresh->next = s->entries;
+            s->entries = fresh;
+        } else {
+            entry_free(fresh);
+        }
+        fresh = next;
+    }
+}
+
+static enum acme_cert_key_type key_type_of(enum cfg_key_type k)
+{
+    switch (k) {
+    case CFG_KEY_P384:
+        return ACME_CERT_KEY_P384;
+    case CFG_KEY_RSA2048:
+        return ACME_CERT_KEY_RSA2048;
+    case CFG_KEY_RSA4096:
+        return ACME_CERT_KEY_RSA4096;
+    case CFG_KEY_P256:
+        break;
+    }
+    return ACME_CERT_KEY_P256;
+}
+
+static void entry_fail(struct mgr_acme *e, const char *why)
+{
+    e->failures++;
+    unsigned shift = e->failures - 1 < 20 ? e->failures - 1 : 20;
+    time_t backoff = (time_t)ACME_BACKOFF_FIRST_S << shift;
+    if (backoff > ACME_BACKOFF_MAX_S) {
+        backoff = ACME_BACKOFF_MAX_S;
+    }
+    e->renew_at = dm_time_now() + backoff;
+    snprintf(e->last_error, sizeof(e->last_error), "%s", why);
+    dm_log(DM_LOG_WARN, "acme", "order for %s failed (attempt %u), retrying in %llds%s: %s",
+           e->site->hosts[0], e->failures, (long long)backoff,
+           e->cert != NULL ? ", the current certificate keeps serving" : "", why);
+    entry_schedule(e);
+}
+
+static void entry_on_order_done(const struct acme_order_result *res,
+                                const struct acme_problem *prob, const struct dm_err *err,
+                                void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->order = NULL;
+    char why[1024];
+    if (res == NULL) {
+        if (prob != NULL && prob->type[0] != '\0') {
+            snprintf(why, sizeof(why), "%.100s: %.800s", acme_problem_short(prob), prob->detail);
+        } else {
+            snprintf(why, sizeof(why), "%.900s", err != NULL ? err->msg : "failed");
+        }
+        entry_fail(e, why);
+        return;
+    }
+    struct dm_err e2 = {0};
+    struct acme_cert *c =
+        acme_cert_from_pem(res->chain_pem, res->chain_len, res->key_pem, res->key_len, NULL, &e2);
+    if (c == NULL) {
+        snprintf(why, sizeof(why), "issued certificate unusable: %.900s", e2.msg);
+        entry_fail(e, why);
+        return;
+    }
+    time_t renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    struct acme_storage_meta meta = {.names = e->site->hosts,
+                                     .num_names = e->site->num_hosts,
+                                     .issuer = e->issuer_id,
+                                     .not_before = acme_cert_not_before(c),
+                                     .not_after = acme_cert_not_after(c),
+                                     .renew_after = renew_at};
+    if (acme_storage_put(e->set->storage, e->issuer_id, e->site->hosts[0], res->chain_pem,
+                         res->key_pem, &meta, &e2) != 0) {
+        /* Serve it anyway; the next start orders again rather than loop now. */
+        dm_log(DM_LOG_ERROR, "acme", "certificate for %s issued but not stored: %s",
+               e->site->hosts[0], e2.msg);
+    }
+    for (size_t i = 0; i < e->site->num_hosts; i++) {
+        if (acme_store_put(e->set->store, e->site->hosts[i], c, false) != 0) {
+            dm_log(DM_LOG_ERROR, "acme", "%s: out of memory publishing the certificate",
+                   e->site->hosts[i]);
+        }
+    }
+    bool renewed = e->cert != NULL;
+    acme_cert_unref(e->cert);
+    e->cert = c;
+    e->renew_at = renew_at;
+    e->failures = 0;
+    e->last_error[0] = '\0';
+    dm_log(DM_LOG_INFO, "acme", "certificate %s names=%s issuer=%s not_after=%lld renew_at=%lld",
+           renewed ? "renewed" : "issued", e->site->hosts[0], e->issuer_id,
+           (long long)acme_cert_not_after(c), (long long)renew_at);
+    entry_schedule(e);
+}
+
+static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct mgr_acme *e = arg;
+    if (e->order != NULL) {
+        return;
+    }
+    const struct cfg_acme *a = e->site->acme;
+    struct acme_solver solvers[3];
+    size_t num_solvers = 0;
+    for (size_t i = 0; i < a->num_challenges; i++) {
+        enum acme_challenge_type t =
+            a->challenges[i] == CFG_CHALLENGE_HTTP01      ? ACME_CHALLENGE_HTTP01
+            : a->challenges[i] == CFG_CHALLENGE_TLSALPN01 ? ACME_CHALLENGE_TLSALPN01
+                                                          : ACME_CHALLENGE_DNS01;
+        const struct acme_solver_ops *ops = acme_solver_builtin(t);
+        if (ops != NULL) {
+            solvers[num_solvers].ops = ops;
+            solvers[num_solvers].ctx = NULL;
+            num_solvers++;
+        }
+    }
+    if (num_solvers == 0) {
+        entry_fail(e, "none of the configured challenges can be solved yet (dns-01 hooks are "
+                      "not implemented)");
+        return;
+    }
+    struct acme_order_opts o = {.names = (const char *const *)e->site->hosts,
+                                .num_names = e->site->num_hosts,
+                                .solvers = solvers,
+                                .num_solvers = num_solvers,
+                                .key_type = key_type_of(a->key_type),
+                                .profile = a->profile,
+                                .preferred_chain = a->preferred_chain,
+                                .timeout_ms = a->order_timeout_ms};
+    struct dm_err err = {0};
+    dm_log(DM_LOG_INFO, "acme", "ordering a certificate for %s from %s%s", e->site->hosts[0],
+           a->directory, e->cert != NULL ? " (renewal)" : "");
+    e->order =
+        acme_order_start(e->issuer->client, e->issuer->account, &o, entry_on_order_done, e, &err);
+    if (e->order == NULL) {
+        entry_fail(e, err.msg);
+    }
+}
+
+const struct mgr_acme *mgr_acme_find(const struct mgr_acme_set *s, const char *name)
+{
+    for (const struct mgr_acme *e = s->entries; e != NULL; e = e->next) {
+        for (size_t i = 0; i < e->site->num_hosts; i++) {
+            if (strcmp(e->site->hosts[i], name) == 0) {
+                return e;
+            }
+        }
+    }
+    return NULL;
+}
+
+time_t mgr_acme_next_renewal(const struct mgr_acme *e)
+{
+    return e->renew_at;
+}

@@ -1,0 +1,44 @@
+/* The certificate manager's ACME sites (manager_acme.c), used by manager.c
+ * only. Control thread only. */
+#ifndef DM_ACME_MANAGER_ACME_H
+#define DM_ACME_MANAGER_ACME_H
+
+#include <stddef.h>
+#include <time.h>
+
+struct acme_cert;
+struct acme_storage;
+struct acme_store;
+struct cfg;
+struct dm_err;
+struct event_base;
+struct mgr_acme;
+struct mgr_acme_set;
+
+/* mgr_acme_set_new returns the ACME side of a manager; base may be NULL
+ * (one-shot commands: stored certificates are served, nothing is ordered). */
+struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store *store,
+                                      struct acme_storage *storage, const char *data_dir);
+void mgr_acme_set_free(struct mgr_acme_set *s);
+
+/* mgr_acme_prepare makes (or carries over from the running config) the entry
+ * for cfg->sites[site_index] and links it into *io_fresh; *out_cert gets a
+ * new reference to the certificate to serve now, or NULL when there is none
+ * yet (the order starts on commit). Nothing else changes until commit. */
+int mgr_acme_prepare(struct mgr_acme_set *s, struct cfg *cfg, size_t site_index,
+                     struct mgr_acme **io_fresh, struct acme_cert **out_cert, struct dm_err *err);
+
+/* mgr_acme_commit makes fresh the running list: entries of removed sites stop
+ * (their orders are canceled) and every entry's timer is set. */
+void mgr_acme_commit(struct mgr_acme_set *s, struct mgr_acme *fresh);
+
+/* mgr_acme_abort undoes the prepares of a failed apply. */
+void mgr_acme_abort(struct mgr_acme_set *s, struct mgr_acme *fresh);
+
+/* mgr_acme_find returns the entry serving name, or NULL. */
+const struct mgr_acme *mgr_acme_find(const struct mgr_acme_set *s, const char *name);
+
+/* mgr_acme_next_renewal returns when the entry next orders (renewal or retry). */
+time_t mgr_acme_next_renewal(const struct mgr_acme *e);
+
+#endif
