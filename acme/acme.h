@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <time.h>
 
 #include <openssl/base.h>
@@ -118,5 +119,10 @@ struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_er
  * is next renewed (or retried after a failure), in seconds since the epoch;
  * 0 if no local certificate serves name. For tests and the admin API. */
 time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name);
+
+/* acme_certificates_report prints what data_dir holds (names, issuer,
+ * not-after, next renewal, last error) to out, one certificate per line.
+ * Read-only; for `doorman certificates`. */
+int acme_certificates_report(const char *data_dir, FILE *out, struct dm_err *err);
 
 #endif

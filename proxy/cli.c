@@ -555,6 +555,49 @@ static int cmd_trust(int argc, char **argv)
     return a.install ? install_root(path) : 0;
 }
 
+static const char certs_help[] =
+    "Usage: doorman certificates [--data-dir DIR | --config FILE]\n"
+    "\n"
+    "Lists the certificates the data directory holds: names, issuer, not-after,\n"
+    "next renewal and last error. Read-only; works while doorman runs.\n";
+
+static int cmd_certificates(int argc, char **argv)
+{
+    static const int allowed[] = {OPT_DATA_DIR, OPT_CONFIG};
+    struct args a;
+    if (parse_args(argc, argv, "certificates", allowed, 2, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(certs_help, stdout);
+        return 0;
+    }
+    char dir[PATH_MAX];
+    const char *override = data_dir_override(a.data_dir);
+    if (a.config != NULL) {
+        struct cfg_problems problems = {0};
+        struct cfg *cfg = cfg_load_file(a.config, override, &problems);
+        if (cfg == NULL) {
+            print_problems(a.config, &problems);
+            cfg_problems_cleanup(&problems);
+            return 1;
+        }
+        snprintf(dir, sizeof(dir), "%s", cfg->data_dir);
+        cfg_unref(cfg);
+    } else if (override != NULL) {
+        snprintf(dir, sizeof(dir), "%s", override);
+    } else if (cfg_default_data_dir(dir, sizeof(dir)) != 0) {
+        fprintf(stderr, "doorman certificates: cannot determine the data directory\n");
+        return 1;
+    }
+    struct dm_err err = {0};
+    if (acme_certificates_report(dir, stdout, &err) != 0) {
+        fprintf(stderr, "doorman certificates: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_version(void)
 {
     printf("doorman %s (BoringSSL API %d, libevent %s, nghttp2 %s, jansson %s)\n", DM_VERSION,
@@ -573,6 +616,7 @@ static const char main_help[] =
     "  reverse-proxy  one site in front of a backend, no config file\n"
     "  validate       check a config file and report every problem\n"
     "  trust          print the path of the local CA root certificate\n"
+    "  certificates   list the certificates in the data directory\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
@@ -602,6 +646,9 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "trust") == 0) {
         return cmd_trust(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "certificates") == 0) {
+        return cmd_certificates(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;

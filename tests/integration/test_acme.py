@@ -66,6 +66,12 @@ class AcmeTest(dmtest.DmTestCase):
         self.assertEqual(len(keys), 2, keys)
         for k in keys:
             self.assertEqual(os.stat(k).st_mode & 0o777, 0o600)
+        # `doorman certificates` lists both, with the CA as issuer.
+        r = dmtest.run([dmtest.doorman_bin(), "certificates", "--data-dir", cfg["data_dir"]])
+        out = dmtest.text(r.stdout)
+        self.assertEqual(r.returncode, 0, dmtest.text(r.stderr))
+        for host in ("alpn.example.test", "http.example.test"):
+            self.assertRegex(out, rf"(?m)^{re.escape(host)}\s+acme-127_0_0_1-{pebble.port}\s+20\d\d-")
         # Restart on the same data directory: served at once, no new order.
         d.proc.signal(15)
         d.proc.wait(15)
