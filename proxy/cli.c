@@ -373,6 +373,42 @@ static const char trust_help[] =
     "  --install   also add the root to the system trust store\n"
     "              (/usr/local/share/ca-certificates + update-ca-certificates)\n";
 
+/* load_config loads a.config, printing every problem on failure. */
+static struct cfg *load_config(const struct args *a)
+{
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_load_file(a->config, data_dir_override(a->data_dir), &problems);
+    if (cfg == NULL) {
+        print_problems(a->config, &problems);
+        fprintf(stderr, "doorman: config %s is invalid (%zu problem%s)\n", a->config,
+                problems.num_items, problems.num_items == 1 ? "" : "s");
+        cfg_problems_cleanup(&problems);
+    }
+    return cfg;
+}
+
+/* resolve_data_dir picks the data directory for commands that take
+ * --data-dir or --config: the flag, DOORMAN_DATA_DIR, the config's, or the
+ * default. Returns 0, or -1 after printing why. */
+static int resolve_data_dir(const struct args *a, const char *cmd, char *dir, size_t cap)
+{
+    const char *override = data_dir_override(a->data_dir);
+    if (a->config != NULL) {
+        struct cfg *cfg = load_config(a);
+        if (cfg == NULL) {
+            return -1;
+        }
+        snprintf(dir, cap, "%s", cfg->data_dir);
+        cfg_unref(cfg);
+    } else if (override != NULL) {
+        snprintf(dir, cap, "%s", override);
+    } else if (cfg_default_data_dir(dir, cap) != 0) {
+        fprintf(stderr, "doorman %s: cannot determine the data directory; use --data-dir\n", cmd);
+        return -1;
+    }
+    return 0;
+}
+
 static int cmd_run(int argc, char **argv)
 {
     static const int allowed[] = {OPT_CONFIG, OPT_DATA_DIR};
@@ -388,13 +424,8 @@ static int cmd_run(int argc, char **argv)
         fprintf(stderr, "doorman run: --config FILE is required\n");
         return 2;
     }
-    struct cfg_problems problems = {0};
-    struct cfg *cfg = cfg_load_file(a.config, data_dir_override(a.data_dir), &problems);
+    struct cfg *cfg = load_config(&a);
     if (cfg == NULL) {
-        print_problems(a.config, &problems);
-        fprintf(stderr, "doorman: config %s is invalid (%zu problem%s)\n", a.config,
-                problems.num_items, problems.num_items == 1 ? "" : "s");
-        cfg_problems_cleanup(&problems);
         return 1;
     }
     return serve(cfg, a.config, a.data_dir);
@@ -451,13 +482,8 @@ static int cmd_validate(int argc, char **argv)
         fprintf(stderr, "doorman validate: --config FILE is required\n");
         return 2;
     }
-    struct cfg_problems problems = {0};
-    struct cfg *cfg = cfg_load_file(a.config, data_dir_override(a.data_dir), &problems);
+    struct cfg *cfg = load_config(&a);
     if (cfg == NULL) {
-        print_problems(a.config, &problems);
-        fprintf(stderr, "doorman: config %s is invalid (%zu problem%s)\n", a.config,
-                problems.num_items, problems.num_items == 1 ? "" : "s");
-        cfg_problems_cleanup(&problems);
         return 1;
     }
     fprintf(stderr, "config %s is valid: %zu site%s\n", a.config, cfg->num_sites,
@@ -512,22 +538,7 @@ static int cmd_trust(int argc, char **argv)
         return 0;
     }
     char dir[PATH_MAX];
-    const char *override = data_dir_override(a.data_dir);
-    struct cfg *cfg = NULL;
-    if (a.config != NULL) {
-        struct cfg_problems problems = {0};
-        cfg = cfg_load_file(a.config, override, &problems);
-        if (cfg == NULL) {
-            print_problems(a.config, &problems);
-            cfg_problems_cleanup(&problems);
-            return 1;
-        }
-        snprintf(dir, sizeof(dir), "%s", cfg->data_dir);
-        cfg_unref(cfg);
-    } else if (override != NULL) {
-        snprintf(dir, sizeof(dir), "%s", override);
-    } else if (cfg_default_data_dir(dir, sizeof(dir)) != 0) {
-        fprintf(stderr, "doorman trust: cannot determine the data directory; use --data-dir\n");
+    if (resolve_data_dir(&a, "trust", dir, sizeof(dir)) != 0) {
         return 1;
     }
     struct dm_err err = {0};
@@ -573,21 +584,7 @@ static int cmd_certificates(int argc, char **argv)
         return 0;
     }
     char dir[PATH_MAX];
-    const char *override = data_dir_override(a.data_dir);
-    if (a.config != NULL) {
-        struct cfg_problems problems = {0};
-        struct cfg *cfg = cfg_load_file(a.config, override, &problems);
-        if (cfg == NULL) {
-            print_problems(a.config, &problems);
-            cfg_problems_cleanup(&problems);
-            return 1;
-        }
-        snprintf(dir, sizeof(dir), "%s", cfg->data_dir);
-        cfg_unref(cfg);
-    } else if (override != NULL) {
-        snprintf(dir, sizeof(dir), "%s", override);
-    } else if (cfg_default_data_dir(dir, sizeof(dir)) != 0) {
-        fprintf(stderr, "doorman certificates: cannot determine the data directory\n");
+    if (resolve_data_dir(&a, "certificates", dir, sizeof(dir)) != 0) {
         return 1;
     }
     struct dm_err err = {0};
