@@ -284,7 +284,7 @@ static void http01_cleanup(void *ctx, const struct acme_challenge_info *ch)
 static bool tlsalpn01_can_solve(void *ctx, const struct acme_challenge_info *ch)
 {
     (void)ctx;
-    return !ch->is_ip && !ch->is_wildcard;
+    return !ch->is_wildcard; /* IPs: the registry keys them by reverse-DNS name */
 }
 
 static int tlsalpn01_present(void *ctx, const struct acme_challenge_info *ch,

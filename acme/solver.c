@@ -6,7 +6,9 @@
  * (one entry per challenge in flight), so a list under a read-write lock. */
 #include "acme/solver.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,14 +235,43 @@ out:
     return cert;
 }
 
+/* acme_tlsalpn_sni_for writes the reverse-DNS name of an IP literal (RFC 8738 §6:
+ * the SNI a CA sends when validating an IP identifier with tls-alpn-01).
+ * Returns 0, or -1 if name is not an IP literal. */
+int acme_tlsalpn_sni_for(const char *name, char *out, size_t cap)
+{
+    uint8_t a[16];
+    if (inet_pton(AF_INET, name, a) == 1) {
+        snprintf(out, cap, "%u.%u.%u.%u.in-addr.arpa", a[3], a[2], a[1], a[0]);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, name, a) == 1 && cap >= 73) {
+        static const char hex[] = "0123456789abcdef";
+        size_t n = 0;
+        for (int i = 15; i >= 0; i--) {
+            out[n++] = hex[a[i] & 0xf];
+            out[n++] = '.';
+            out[n++] = hex[a[i] >> 4];
+            out[n++] = '.';
+        }
+        memcpy(out + n, "ip6.arpa", 9);
+        return 0;
+    }
+    return -1;
+}
+
 int acme_solver_tlsalpn_put(const char *name, const uint8_t digest[32], struct dm_err *err)
 {
+    /* An IP identifier's certificate carries the IP, but the CA's ClientHello
+     * names the reverse-DNS form, which is what the handshake looks up. */
+    char key[80];
+    const char *lookup = acme_tlsalpn_sni_for(name, key, sizeof(key)) == 0 ? key : name;
     struct acme_cert *cert = acme_tlsalpn_cert_new(name, digest, err);
     if (cert == NULL) {
         return -1;
     }
     struct tlsalpn_entry *e = calloc(1, sizeof(*e));
-    if (e == NULL || (e->name = strdup(name)) == NULL) {
+    if (e == NULL || (e->name = strdup(lookup)) == NULL) {
         free(e);
         acme_cert_unref(cert);
         dm_err_set(err, DM_E_NOMEM, "out of memory");
@@ -256,6 +287,10 @@ int acme_solver_tlsalpn_put(const char *name, const uint8_t digest[32], struct d
 
 void acme_solver_tlsalpn_remove(const char *name)
 {
+    char key[80];
+    if (acme_tlsalpn_sni_for(name, key, sizeof(key)) == 0) {
+        name = key;
+    }
     struct tlsalpn_entry *gone = NULL;
     pthread_rwlock_wrlock(&solver_lock);
     for (struct tlsalpn_entry **pp = &tlsalpn_list; *pp != NULL; pp = &(*pp)->next) {

@@ -28,9 +28,17 @@ bool acme_http01_any(void);
 struct acme_cert *acme_tlsalpn_cert_new(const char *name, const uint8_t digest[32],
                                         struct dm_err *err);
 
-/* acme_solver_tlsalpn_put publishes a validation certificate for name. */
+/* acme_solver_tlsalpn_put publishes a validation certificate for name (a
+ * DNS name, or an IP literal: then it is found under the reverse-DNS name
+ * the CA sends as SNI, RFC 8738 §6). acme_solver_tlsalpn_remove takes the
+ * same name. */
 int acme_solver_tlsalpn_put(const char *name, const uint8_t digest[32], struct dm_err *err);
 void acme_solver_tlsalpn_remove(const char *name);
+
+/* acme_tlsalpn_sni_for writes into out the reverse-DNS name a CA sends as
+ * SNI when it validates the IP literal name (RFC 8738 §6: in-addr.arpa or
+ * ip6.arpa). Returns 0, or -1 if name is not an IP literal. */
+int acme_tlsalpn_sni_for(const char *name, char *out, size_t cap);
 
 /* acme_tlsalpn_cert_get returns a new reference to the validation
  * certificate pending for name, or NULL. */

@@ -669,7 +669,11 @@ static void handle_chall(struct fake_ca *f, const struct verified *v, size_t zid
             int n = acme_http01_lookup(z->tokens[t], strlen(z->tokens[t]), got, sizeof(got));
             is_published = n > 0 && strcmp(got, want) == 0;
         } else if (t == 1) {
-            struct acme_cert *c = acme_tlsalpn_cert_get(z->identifier, strlen(z->identifier));
+            /* As a real CA does: an IP is looked up by its reverse-DNS SNI. */
+            char sni[80];
+            const char *lookup =
+                acme_tlsalpn_sni_for(z->identifier, sni, sizeof(sni)) == 0 ? sni : z->identifier;
+            struct acme_cert *c = acme_tlsalpn_cert_get(lookup, strlen(lookup));
             is_published = c != NULL;
             acme_cert_unref(c);
         } else {

@@ -190,15 +190,24 @@ TEST(test_issue_tlsalpn01_default_preference)
     CHECK(!acme_http01_any()); /* tls-alpn-01 came first: http-01 never published */
     result_cleanup(&r);
 
-    /* Only tls-alpn-01 offered for an IP: the built-in solver declines it. */
+    /* Only tls-alpn-01 offered for an IP (RFC 8738): the validation
+     * certificate is published under the reverse-DNS name the CA sends as
+     * SNI, and withdrawn afterwards. */
     fake_ca_knobs(e.ca)->offer = "tls-alpn-01";
+    fake_ca_knobs(e.ca)->is_solver_checked = true;
     const char *ip[] = {"::1"};
     o.names = ip;
     run_order(&e, &o, &r);
-    CHECK(!r.is_ok);
-    CHECK_EQ_INT(r.err.code, DM_E_CONFIG);
-    CHECK(strstr(r.err.msg, "no configured solver can answer ::1") != NULL);
-    CHECK(strstr(r.err.msg, "CA offers: tls-alpn-01") != NULL);
+    CHECK(r.is_ok);
+    char sni[80];
+    CHECK_EQ_INT(acme_tlsalpn_sni_for("::1", sni, sizeof(sni)), 0);
+    CHECK_STR(sni, "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa");
+    CHECK_EQ_INT(acme_tlsalpn_sni_for("127.0.0.1", sni, sizeof(sni)), 0);
+    CHECK_STR(sni, "1.0.0.127.in-addr.arpa");
+    CHECK_EQ_INT(acme_tlsalpn_sni_for("www.example.test", sni, sizeof(sni)), -1);
+    CHECK_EQ_INT(acme_tlsalpn_sni_for("::1", sni, sizeof(sni)), 0);
+    left = acme_tlsalpn_cert_get(sni, strlen(sni)); /* withdrawn after the order */
+    CHECK(left == NULL);
     result_cleanup(&r);
     env_cleanup(&e);
 }
