@@ -76,6 +76,43 @@ class ConfigTest(dmtest.DmTestCase):
                     self.assertRegex(line, r"sites\[\d+\]\.tls\.(cert|key): /etc/doorman/\S+: "
                                            r"No such file or directory", text(r.stderr))
 
+    def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
+        env = self.new_env()
+        a, b = env.backend("a"), env.backend("b")
+        data_dir = env.new_dir()
+        port = dmtest.free_port()
+        cfg = dmtest.base_config(data_dir, port, [{"hosts": ["a.test"], "to": a.addr}])
+        path = env.write_json(cfg)
+        d = env.doorman_run(path, data_dir=data_dir)
+        d.https_port = port
+        self.assertEqual(d.request("a.test", "/hello").body, b"hello from a\n")
+        # Keep a connection open across the reload: it keeps working.
+        s = d.connect("a.test")
+        f = s.makefile("rb")
+        s.sendall(dmtest.request_bytes("GET", "/hello", "a.test"))
+        self.assertEqual(dmtest.read_response(f).status, 200)
+        # Add a site, change a.test's backend.
+        cfg["sites"] = [{"hosts": ["a.test"], "to": b.addr}, {"hosts": ["n.test"], "to": a.addr}]
+        with open(path, "w") as out:
+            json.dump(cfg, out)
+        d.proc.signal(1)
+        d.wait_log(lambda log: "reloaded (generation" in log, timeout=10, what="reload")
+        self.assertEqual(d.request("n.test", "/hello").body, b"hello from a\n")
+        self.assertEqual(d.request("a.test", "/hello").body, b"hello from b\n")
+        s.sendall(dmtest.request_bytes("GET", "/hello", "a.test", [("Connection", "close")]))
+        self.assertEqual(dmtest.read_response(f).status, 200)
+        s.close()
+        # A bad config: refused with the path of the bad field, the running one stays.
+        cfg["sites"][1]["to"] = "abc"
+        with open(path, "w") as out:
+            json.dump(cfg, out)
+        d.proc.signal(1)
+        d.wait_log(lambda log: "keeping the running config" in log, timeout=10,
+                   what="refused reload")
+        self.assertIn('sites[1].to: "abc" is not host:port', d.proc.stderr())
+        self.assertEqual(d.request("n.test", "/hello").status, 200)
+        self.assertTrue(d.proc.alive())
+
     def test_example_doorman_json_runs_and_proxies(self):
         path = os.path.join(EXAMPLES, "doorman.json")
         self.assertTrue(os.path.exists(path), f"{path} missing")
