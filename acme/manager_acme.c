@@ -19,6 +19,7 @@
 #include "acme/cert_int.h"
 #include "acme/client.h"
 #include "acme/order.h"
+#include "acme/solver_dns01.h"
 #include "acme/storage.h"
 #include "config/config.h"
 #include "proxy/core/err.h"
@@ -57,6 +58,7 @@ struct mgr_acme {
     struct cfg *next_cfg;             /* ref: the config it moves to on commit */
     const struct cfg_site *next_site; /* borrowed from next_cfg */
     struct event *timer;              /* owned */
+    struct acme_solver_dns01 *dns01;  /* owned: dns-01 hook of the current order, or NULL */
 };
 
 struct mgr_acme_set {
@@ -90,6 +92,7 @@ static void entry_free(struct mgr_acme *e)
         return;
     }
     acme_order_cancel(e->order);
+    acme_solver_dns01_free(e->dns01); /* after the cancel: it withdraws through it */
     if (e->timer != NULL) {
         event_free(e->timer);
     }
@@ -470,15 +473,29 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
             : a->challenges[i] == CFG_CHALLENGE_TLSALPN01 ? ACME_CHALLENGE_TLSALPN01
                                                           : ACME_CHALLENGE_DNS01;
         const struct acme_solver_ops *ops = acme_solver_builtin(t);
+        void *ctx = NULL;
+        if (t == ACME_CHALLENGE_DNS01) {
+            /* Made per order, while none is in flight, so a reload's new
+             * hook or wait applies to the next order. */
+            struct dm_err derr = {0};
+            acme_solver_dns01_free(e->dns01);
+            e->dns01 =
+                acme_solver_dns01_new(e->set->base, a->dns_hook, a->dns_propagation_ms, &derr);
+            if (e->dns01 == NULL) {
+                entry_fail(e, derr.msg);
+                return;
+            }
+            ops = acme_solver_dns01_ops();
+            ctx = e->dns01;
+        }
         if (ops != NULL) {
             solvers[num_solvers].ops = ops;
-            solvers[num_solvers].ctx = NULL;
+            solvers[num_solvers].ctx = ctx;
             num_solvers++;
         }
     }
     if (num_solvers == 0) {
-        entry_fail(e, "none of the configured challenges can be solved yet (dns-01 hooks are "
-                      "not implemented)");
+        entry_fail(e, "none of the configured challenges can be solved");
         return;
     }
     struct acme_order_opts o = {.names = (const char *const *)e->site->hosts,

@@ -62,6 +62,8 @@ struct cfg_acme {
     char *preferred_chain;      /* owned: issuer CN of the chain to prefer, may be NULL */
     char *dns_hook;             /* owned: executable for dns-01, may be NULL */
     uint32_t order_timeout_ms;  /* one order, start to certificate */
+    /* dns-01: wait after the hook's present succeeded, before the CA validates */
+    uint32_t dns_propagation_ms;
 };
 
 struct cfg_site {

@@ -93,12 +93,18 @@ static const char *const site_keys[] = {"hosts", "to", "tls"};
 static const char *const tls_keys[] = {"cert", "key", "acme"};
 static const char *const acme_keys[] = {
     "ca",  "email",   "agree_tos",       "ca_root",  "challenges",    "key_type",
-    "eab", "profile", "preferred_chain", "dns_hook", "order_timeout",
+    "eab", "profile", "preferred_chain", "dns_hook", "order_timeout", "dns_propagation",
 };
 static const char *const eab_keys[] = {"kid", "hmac_key"};
 static const char *const challenge_names[] = {"tls-alpn-01", "http-01", "dns-01"};
 static const char *const key_type_names[] = {"p256", "p384", "rsa2048", "rsa4096"};
 #define DEFAULT_ORDER_TIMEOUT_MS (5u * 60 * 1000)
+/* dns-01: wait after the hook before asking the CA to validate. Provider APIs
+ * answer before their authoritative servers serve the record; 10 s covers
+ * most, and up to 10 minutes for slow secondaries (the order timeout must
+ * then be longer). */
+#define DEFAULT_DNS_PROPAGATION_MS (10u * 1000)
+#define MAX_DNS_PROPAGATION_MS     (10u * 60 * 1000)
 
 #define NUM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -1084,6 +1090,7 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
     }
     s->acme = a;
     a->order_timeout_ms = DEFAULT_ORDER_TIMEOUT_MS;
+    a->dns_propagation_ms = DEFAULT_DNS_PROPAGATION_MS;
     check_keys(k, v, acme_keys, NUM(acme_keys));
     read_url(k, v, "ca", &a->directory);
     read_opt_string(k, v, "email", &a->email);
@@ -1146,6 +1153,19 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
         uint64_t ms;
         if (read_duration(k, ot, CFG_MS_PER_S, CFG_MS_PER_H, &ms) == 0) {
             a->order_timeout_ms = (uint32_t)ms;
+        }
+        path_pop(k, m);
+    }
+    json_t *dp = json_object_get(v, "dns_propagation");
+    if (dp != NULL) {
+        size_t m = path_push_key(k, "dns_propagation");
+        uint64_t ms;
+        if (read_duration(k, dp, 0, MAX_DNS_PROPAGATION_MS, &ms) == 0) {
+            a->dns_propagation_ms = (uint32_t)ms;
+            if (ms >= a->order_timeout_ms) {
+                /* The wait is part of the order: no order could finish. */
+                problem(k, "must be shorter than order_timeout");
+            }
         }
         path_pop(k, m);
     }

@@ -1373,8 +1373,57 @@ TEST(test_acme_sites)
         CHECK_EQ_INT(a->challenges[1], CFG_CHALLENGE_HTTP01);
         CHECK_EQ_INT(a->key_type, CFG_KEY_P256);
         CHECK(!a->agree_tos);
+        CHECK_EQ_INT(a->dns_propagation_ms, 10000);
         cfg_unref(c);
     }
+    /* dns-01 through a hook: a wildcard, the propagation wait, round trip
+     * (0s dumps as "0ms", which loads back). */
+    char hook[128], json[1024];
+    snprintf(hook, sizeof(hook), "%s/dns-hook.sh", tmp_dir);
+    write_file(hook, "#!/bin/sh\n");
+    static const struct {
+        const char *text;
+        uint32_t ms;
+    } waits[] = {{"0s", 0}, {"90s", 90000}, {"10m", 600000}};
+    for (size_t i = 0; i < sizeof(waits) / sizeof(waits[0]); i++) {
+        snprintf(json, sizeof(json),
+                 "{\"sites\": [" ACME_SITE(
+                     "\"d.test\", \"*.d.test\"",
+                     "{\"ca\": \"https://ca.test/dir\", \"challenges\": "
+                     "[\"dns-01\"], \"dns_hook\": \"%s\", \"order_timeout\": \"1h\", "
+                     "\"dns_propagation\": \"%s\"}") "]}",
+                 hook, waits[i].text);
+        c = load(json);
+        CHECK(c != NULL);
+        if (c == NULL) {
+            continue;
+        }
+        const struct cfg_acme *a = c->sites[0].acme;
+        CHECK_EQ_INT(a->num_challenges, 1);
+        CHECK_EQ_INT(a->challenges[0], CFG_CHALLENGE_DNS01);
+        CHECK_STR(a->dns_hook, hook);
+        CHECK_EQ_INT(a->dns_propagation_ms, waits[i].ms);
+        char *d1 = cfg_dump(c);
+        struct cfg *c2 = d1 ? load(d1) : NULL;
+        char *d2 = c2 ? cfg_dump(c2) : NULL;
+        CHECK(d1 != NULL && d2 != NULL && strcmp(d1, d2) == 0);
+        CHECK(c2 != NULL && c2->sites[0].acme->dns_propagation_ms == waits[i].ms);
+        free(d1);
+        free(d2);
+        cfg_unref(c2);
+        cfg_unref(c);
+    }
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"dns_propagation\": \"11m\"}"),
+                    "sites[0].tls.acme.dns_propagation: \"11m\" is too long (maximum 10m)");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"",
+                              "{\"ca\": \"https://ca.test/dir\", "
+                              "\"order_timeout\": \"1m\", \"dns_propagation\": \"1m\"}"),
+                    "sites[0].tls.acme.dns_propagation: must be shorter than order_timeout");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"dns_propagation\": 10}"),
+                    "sites[0].tls.acme.dns_propagation: expected a duration string, got integer "
+                    "(use a duration like \"10s\")");
     EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{}"),
                     "sites[0].tls.acme.ca: required key is missing (the CA's directory URL, e.g. "
                     "\"https://acme-v02.api.letsencrypt.org/directory\")");
