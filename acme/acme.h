@@ -120,6 +120,21 @@ struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_er
  * 0 if no local certificate serves name. For tests and the admin API. */
 time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name);
 
+/* Certificate revocation for `doorman revoke` (RFC 8555 §7.6), revoke.c. */
+/* No reason given: the request carries no "reason" (the CA records 0). */
+#define ACME_REVOKE_NO_REASON (-1)
+
+/* acme_revoke_run revokes the certificate stored for the ACME site of cfg
+ * (borrowed) that serves name, with the CRL reason code reason (RFC 5280
+ * §5.3.1: 0-10 except 7, or ACME_REVOKE_NO_REASON). It opens the site's
+ * account (registering it again if only its key is known), blocks on a
+ * private event_base until the CA answers, and on success writes the revoked
+ * serial (lower-case hex) into out_serial (cap bytes, may be NULL). Returns 0,
+ * or -1 with err (DM_E_CONFIG: no such ACME site or bad reason; DM_E_NOTFOUND:
+ * nothing stored; DM_E_ACME with the CA's problem; DM_E_IO, DM_E_TIMEOUT...). */
+int acme_revoke_run(const struct cfg *cfg, const char *name, int reason, char *out_serial,
+                    size_t cap, struct dm_err *err);
+
 /* acme_certificates_report prints what data_dir holds (names, issuer,
  * not-after, next renewal, last error) to out, one certificate per line.
  * Read-only; for `doorman certificates`. */

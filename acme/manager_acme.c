@@ -35,12 +35,40 @@
 
 /* A CA client and account shared by the sites that use the same directory,
  * trust root, email and EAB key id. */
+/* Orders remembered per account for the hourly ceiling. */
+#define ISSUER_ORDER_HISTORY 1024
+
 struct mgr_issuer {
     struct mgr_issuer *next;
-    char *key;                    /* owned: directory|ca_root|email|eab_kid */
-    struct acme_client *client;   /* owned */
-    struct acme_account *account; /* owned */
+    char *key;                                /* owned: directory|ca_root|email|eab_kid */
+    struct acme_client *client;               /* owned */
+    struct acme_account *account;             /* owned */
+    time_t order_times[ISSUER_ORDER_HISTORY]; /* ring of recent order starts */
+    size_t order_head;                        /* next slot */
+    size_t num_orders;                        /* valid slots */
 };
+
+/* issuer_ceiling_wait returns 0 if an order may start now with at most limit
+ * orders per hour, else the seconds until the limit-th most recent order
+ * leaves the hour. */
+static time_t issuer_ceiling_wait(const struct mgr_issuer *i, uint32_t limit, time_t now)
+{
+    if (limit == 0 || limit > ISSUER_ORDER_HISTORY || i->num_orders < limit) {
+        return 0;
+    }
+    time_t t =
+        i->order_times[(i->order_head + ISSUER_ORDER_HISTORY - limit) % ISSUER_ORDER_HISTORY];
+    return now - t >= 3600 ? 0 : t + 3600 - now;
+}
+
+static void issuer_note_order(struct mgr_issuer *i, time_t now)
+{
+    i->order_times[i->order_head] = now;
+    i->order_head = (i->order_head + 1) % ISSUER_ORDER_HISTORY;
+    if (i->num_orders < ISSUER_ORDER_HISTORY) {
+        i->num_orders++;
+    }
+}
 
 struct mgr_acme {
     struct mgr_acme *next;
@@ -124,9 +152,7 @@ void mgr_acme_set_free(struct mgr_acme_set *s)
     free(s);
 }
 
-/* issuer_id_make derives the storage directory of a CA from its directory
- * URL: "acme-" + host and port, reduced to [a-z0-9-]. */
-static void issuer_id_make(char *buf, size_t cap, const char *url)
+void acme_issuer_storage_id(char *buf, size_t cap, const char *url)
 {
     const char *p = strstr(url, "://");
     p = p != NULL ? p + 3 : url;
@@ -136,18 +162,14 @@ static void issuer_id_make(char *buf, size_t cap, const char *url)
         if (ch >= 'A' && ch <= 'Z') {
             ch = (char)(ch + 32);
         }
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.')) {
+        if (ch == '.') {
+            ch = '_';
+        } else if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-')) {
             ch = '-';
         }
-        buf[n++] = ch == '.' ? '.' : ch;
+        buf[n++] = ch;
     }
     buf[n] = '\0';
-    /* Storage issuers allow [a-z0-9_-] only. */
-    for (char *q = buf; *q != '\0'; q++) {
-        if (*q == '.') {
-            *q = '_';
-        }
-    }
 }
 
 static struct mgr_issuer *issuer_get(struct mgr_acme_set *s, const struct cfg_acme *a,
@@ -297,7 +319,7 @@ int mgr_acme_prepare(struct mgr_acme_set *s, struct cfg *cfg, size_t site_index,
     e->set = s;
     e->cfg = cfg_ref(cfg);
     e->site = site;
-    issuer_id_make(e->issuer_id, sizeof(e->issuer_id), site->acme->directory);
+    acme_issuer_storage_id(e->issuer_id, sizeof(e->issuer_id), site->acme->directory);
     if (s->base != NULL) {
         e->issuer = issuer_get(s, site->acme, err);
         if (e->issuer == NULL) {
@@ -465,6 +487,18 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     const struct cfg_acme *a = e->site->acme;
+    time_t now = dm_time_now();
+    time_t wait = issuer_ceiling_wait(e->issuer, a->orders_per_hour, now);
+    if (wait > 0) {
+        /* Never hammer a CA: this account already started orders_per_hour
+         * orders in the last hour. */
+        dm_log(DM_LOG_WARN, "acme",
+               "order for %s postponed %llds: %u orders per hour reached for this account",
+               e->site->hosts[0], (long long)wait, a->orders_per_hour);
+        struct timeval tv = {.tv_sec = wait};
+        evtimer_add(e->timer, &tv);
+        return;
+    }
     struct acme_solver solvers[3];
     size_t num_solvers = 0;
     for (size_t i = 0; i < a->num_challenges; i++) {
@@ -511,6 +545,9 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
            a->directory, e->cert != NULL ? " (renewal)" : "");
     e->order =
         acme_order_start(e->issuer->client, e->issuer->account, &o, entry_on_order_done, e, &err);
+    if (e->order != NULL) {
+        issuer_note_order(e->issuer, now);
+    }
     if (e->order == NULL) {
         entry_fail(e, err.msg);
     }

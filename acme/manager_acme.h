@@ -15,6 +15,10 @@ struct event_base;
 struct mgr_acme;
 struct mgr_acme_set;
 
+/* acme_issuer_storage_id writes the storage issuer of an ACME directory URL:
+ * "acme-" + its host and port reduced to [a-z0-9_-] (acme-127_0_0_1-14000). */
+void acme_issuer_storage_id(char *buf, size_t cap, const char *url);
+
 /* mgr_acme_set_new returns the ACME side of a manager; base may be NULL
  * (one-shot commands: stored certificates are served, nothing is ordered). */
 struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store *store,

@@ -353,6 +353,7 @@ static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
         }
         put(acme, "order_timeout", duration_json(a->order_timeout_ms), is_failed);
         put(acme, "dns_propagation", duration_json(a->dns_propagation_ms), is_failed);
+        put(acme, "orders_per_hour", json_integer(a->orders_per_hour), is_failed);
         put(tls, "acme", acme, is_failed);
         put(o, "tls", tls, is_failed);
     } else {

@@ -64,6 +64,7 @@ struct cfg_acme {
     uint32_t order_timeout_ms;  /* one order, start to certificate */
     /* dns-01: wait after the hook's present succeeded, before the CA validates */
     uint32_t dns_propagation_ms;
+    uint32_t orders_per_hour; /* ceiling of new orders per account and hour */
 };
 
 struct cfg_site {

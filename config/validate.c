@@ -92,12 +92,26 @@ static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
 static const char *const tls_keys[] = {"cert", "key", "acme"};
 static const char *const acme_keys[] = {
-    "ca",  "email",   "agree_tos",       "ca_root",  "challenges",    "key_type",
-    "eab", "profile", "preferred_chain", "dns_hook", "order_timeout", "dns_propagation",
+    "ca",
+    "email",
+    "agree_tos",
+    "ca_root",
+    "challenges",
+    "key_type",
+    "eab",
+    "profile",
+    "preferred_chain",
+    "dns_hook",
+    "order_timeout",
+    "dns_propagation",
+    "orders_per_hour",
 };
 static const char *const eab_keys[] = {"kid", "hmac_key"};
 static const char *const challenge_names[] = {"tls-alpn-01", "http-01", "dns-01"};
 static const char *const key_type_names[] = {"p256", "p384", "rsa2048", "rsa4096"};
+/* Let's Encrypt allows 300 new orders per account per 3 hours: 100 an hour
+ * keeps a misconfigured fleet from ever reaching a CA's limit. */
+#define DEFAULT_ORDERS_PER_HOUR  100
 #define DEFAULT_ORDER_TIMEOUT_MS (5u * 60 * 1000)
 /* dns-01: wait after the hook before asking the CA to validate. Provider APIs
  * answer before their authoritative servers serve the record; 10 s covers
@@ -1091,6 +1105,7 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
     s->acme = a;
     a->order_timeout_ms = DEFAULT_ORDER_TIMEOUT_MS;
     a->dns_propagation_ms = DEFAULT_DNS_PROPAGATION_MS;
+    a->orders_per_hour = DEFAULT_ORDERS_PER_HOUR;
     check_keys(k, v, acme_keys, NUM(acme_keys));
     read_url(k, v, "ca", &a->directory);
     read_opt_string(k, v, "email", &a->email);
@@ -1153,6 +1168,15 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
         uint64_t ms;
         if (read_duration(k, ot, CFG_MS_PER_S, CFG_MS_PER_H, &ms) == 0) {
             a->order_timeout_ms = (uint32_t)ms;
+        }
+        path_pop(k, m);
+    }
+    json_t *oph = json_object_get(v, "orders_per_hour");
+    if (oph != NULL) {
+        size_t m = path_push_key(k, "orders_per_hour");
+        long long n;
+        if (read_int(k, oph, 1, 100000, &n) == 0) {
+            a->orders_per_hour = (uint32_t)n;
         }
         path_pop(k, m);
     }
@@ -1297,6 +1321,42 @@ static void check_duplicate_hosts(struct check *k, const struct cfg *c)
     free(seen);
 }
 
+static bool str_same(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* check_acme_accounts: a CA account is stored per directory and email, so
+ * two sites sharing both must agree on the External Account Binding, or one
+ * account would be bound (or not) depending on which site registered first. */
+static void check_acme_accounts(struct check *k, const struct cfg *c)
+{
+    for (size_t j = 0; j < c->num_sites; j++) {
+        const struct cfg_acme *b = c->sites[j].acme;
+        if (c->sites[j].tls != CFG_TLS_ACME || b == NULL || b->directory == NULL) {
+            continue;
+        }
+        for (size_t i = 0; i < j; i++) {
+            const struct cfg_acme *a = c->sites[i].acme;
+            if (c->sites[i].tls != CFG_TLS_ACME || a == NULL || a->directory == NULL ||
+                strcmp(a->directory, b->directory) != 0 || !str_same(a->email, b->email)) {
+                continue;
+            }
+            if (!str_same(a->eab_kid, b->eab_kid) || !str_same(a->eab_hmac_key, b->eab_hmac_key)) {
+                char path[64];
+                snprintf(path, sizeof(path), "sites[%zu].tls.acme.eab", j);
+                path_set(k, path);
+                problem(k,
+                        "differs from sites[%zu] for the same CA and email (one account per CA "
+                        "and email: use the same eab, or another email)",
+                        i);
+                break;
+            }
+        }
+    }
+    path_set(k, "");
+}
+
 static void read_sites(struct check *k, json_t *root, struct cfg *c)
 {
     json_t *v = json_object_get(root, "sites");
@@ -1316,6 +1376,7 @@ static void read_sites(struct check *k, json_t *root, struct cfg *c)
             path_pop(k, m);
         }
         check_duplicate_hosts(k, c);
+        check_acme_accounts(k, c);
     }
     path_pop(k, mark);
 }

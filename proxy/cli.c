@@ -595,6 +595,90 @@ static int cmd_certificates(int argc, char **argv)
     return 0;
 }
 
+static const char revoke_help[] =
+    "Usage: doorman revoke --config FILE --name NAME [--reason N] [--data-dir DIR]\n"
+    "\n"
+    "Asks the ACME CA of the site that serves NAME to revoke the certificate stored\n"
+    "for that site (RFC 8555 section 7.6), signed with the site's account key. N is a\n"
+    "CRL reason code (RFC 5280): 0 unspecified, 1 keyCompromise, 4 superseded,\n"
+    "5 cessationOfOperation, ... (0-10 except 7). Without --reason none is sent.\n"
+    "The running proxy keeps serving the revoked certificate until it renews.\n";
+
+static int cmd_revoke(int argc, char **argv)
+{
+    enum { R_CONFIG = 1, R_DATA_DIR, R_NAME, R_REASON, R_HELP };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, R_CONFIG},
+        {"data-dir", required_argument, NULL, R_DATA_DIR},
+        {"name", required_argument, NULL, R_NAME},
+        {"reason", required_argument, NULL, R_REASON},
+        {"help", no_argument, NULL, R_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct args a;
+    memset(&a, 0, sizeof(a));
+    const char *name = NULL;
+    int reason = ACME_REVOKE_NO_REASON;
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        long v = 0;
+        switch (ch) {
+        case R_CONFIG:
+            a.config = optarg;
+            break;
+        case R_DATA_DIR:
+            a.data_dir = optarg;
+            break;
+        case R_NAME:
+            name = optarg;
+            break;
+        case R_REASON:
+            errno = 0;
+            v = strtol(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' || v < 0 || v > 10 || v == 7) {
+                fprintf(stderr,
+                        "doorman revoke: --reason: \"%s\" is not a CRL reason code "
+                        "(0-10 except 7)\n",
+                        optarg);
+                return 2;
+            }
+            reason = (int)v;
+            break;
+        case R_HELP:
+            fputs(revoke_help, stdout);
+            return 0;
+        default:
+            fprintf(stderr,
+                    "doorman revoke: unknown or incomplete option %s (see doorman revoke "
+                    "--help)\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc || a.config == NULL || name == NULL) {
+        fprintf(stderr, "doorman revoke: --config FILE and --name NAME are required\n");
+        return 2;
+    }
+    struct cfg *cfg = load_config(&a);
+    if (cfg == NULL) {
+        return 1;
+    }
+    dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
+    struct dm_err err = {0};
+    char serial[128] = "";
+    int rc = acme_revoke_run(cfg, name, reason, serial, sizeof(serial), &err);
+    cfg_unref(cfg);
+    if (rc != 0) {
+        fprintf(stderr, "doorman revoke: %s: %s\n", name, err.msg);
+        return 1;
+    }
+    printf("revoked %s serial %s\n", name, serial);
+    return 0;
+}
+
 static int cmd_version(void)
 {
     printf("doorman %s (BoringSSL API %d, libevent %s, nghttp2 %s, jansson %s)\n", DM_VERSION,
@@ -614,6 +698,7 @@ static const char main_help[] =
     "  validate       check a config file and report every problem\n"
     "  trust          print the path of the local CA root certificate\n"
     "  certificates   list the certificates in the data directory\n"
+    "  revoke         revoke a site's stored ACME certificate\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
@@ -646,6 +731,9 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "certificates") == 0) {
         return cmd_certificates(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "revoke") == 0) {
+        return cmd_revoke(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;

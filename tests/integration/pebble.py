@@ -59,9 +59,10 @@ class Pebble:
             "pebble-challtestsrv", "-management", f"127.0.0.1:{self.cts_port}",
             "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "",
             "-tlsalpn01", "", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-        penv = dict(os.environ, PEBBLE_VA_NOSLEEP="1",
-                    PEBBLE_WFE_NONCEREJECT=str(nonce_reject),
-                    PEBBLE_AUTHZREUSE=str(authz_reuse), **(extra_env or {}))
+        penv = dict(os.environ)
+        penv.update(PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT=str(nonce_reject),
+                    PEBBLE_AUTHZREUSE=str(authz_reuse))
+        penv.update(extra_env or {})  # may override the defaults above
         self.proc = env.spawn("pebble", [
             "pebble", "-config", cfg_path, "-dnsserver", f"127.0.0.1:{self.dns_port}",
             "-strict"], env=penv)

@@ -1424,6 +1424,33 @@ TEST(test_acme_sites)
                                             "\"dns_propagation\": 10}"),
                     "sites[0].tls.acme.dns_propagation: expected a duration string, got integer "
                     "(use a duration like \"10s\")");
+    expect_bad("{\"sites\": [" ACME_SITE(
+                   "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                 "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
+                                 "\"aGk\"}}") ", " ACME_SITE("\"b.test\"",
+                                                             "{\"ca\": \"https://ca.test/dir\", "
+                                                             "\"email\": \"o@a.test\"}") "]}",
+               "sites[1].tls.acme.eab: differs from sites[0] for the same CA and email (one "
+               "account per CA and email: use the same eab, or another email)",
+               __LINE__);
+    /* Different emails: two accounts, fine. */
+    c =
+        load("{\"sites\": [" ACME_SITE(
+            "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                          "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
+                          "\"aGk\"}}") ", " ACME_SITE("\"b.test\"",
+                                                      "{\"ca\": \"https://ca.test/dir\", "
+                                                      "\"email\": \"p@a.test\", "
+                                                      "\"orders_per_hour\": 5}") "]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->sites[0].acme->orders_per_hour, 100);
+        CHECK_EQ_INT(c->sites[1].acme->orders_per_hour, 5);
+        cfg_unref(c);
+    }
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"orders_per_hour\": 0}"),
+                    "sites[0].tls.acme.orders_per_hour: must be 1..100000, got 0");
     EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{}"),
                     "sites[0].tls.acme.ca: required key is missing (the CA's directory URL, e.g. "
                     "\"https://acme-v02.api.letsencrypt.org/directory\")");
