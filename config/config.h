@@ -50,6 +50,9 @@ struct cfg_quick {
     const char *email;    /* --email: ACME account contact; may be NULL */
 };
 
+/* The ACME CA a public name gets from `doorman reverse-proxy` without --ca. */
+#define CFG_DEFAULT_ACME_CA "https://acme-v02.api.letsencrypt.org/directory"
+
 /* cfg_from_quick builds a snapshot from reverse-proxy flags, with the same
  * validation and messages; paths name the flags ("--from", "--to",
  * "--https-port", "--http-port", "--data-dir", "--bind"). One site, tls

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1412,6 +1413,27 @@ struct cfg *cfg_build(json_t *root, const char *name, const char *data_dir_overr
     return check_finish(&k, c);
 }
 
+/* quick_name_is_public tells whether a public CA could validate name: not
+ * an IP literal, not localhost, at least two labels, not under a TLD that
+ * RFC 2606/6761/8375 reserve for tests and local networks. */
+static bool quick_name_is_public(const char *name)
+{
+    static const char *const private_tlds[] = {".localhost", ".local",    ".test",      ".example",
+                                               ".invalid",   ".internal", ".home.arpa", ".lan"};
+    size_t len = strlen(name);
+    if (strchr(name, '.') == NULL || strchr(name, ':') != NULL ||
+        strspn(name, "0123456789.") == len || strcmp(name, "localhost") == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < NUM(private_tlds); i++) {
+        size_t n = strlen(private_tlds[i]);
+        if (len > n && strcasecmp(name + len - n, private_tlds[i]) == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_problems)
 {
     struct cfg_problems local = {0};
@@ -1462,7 +1484,13 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
     c->num_sites = 1;
     struct cfg_site *s = &c->sites[0];
     s->tls = CFG_TLS_LOCAL;
-    if (q->ca != NULL || q->email != NULL || q->ca_root != NULL) {
+    /* As Caddy does: a public name without --ca gets Let's Encrypt; localhost,
+     * IPs, single labels and the reserved test TLDs get the local CA. */
+    const char *ca = q->ca;
+    if (ca == NULL && q->from != NULL && quick_name_is_public(q->from)) {
+        ca = CFG_DEFAULT_ACME_CA;
+    }
+    if (ca != NULL || q->email != NULL || q->ca_root != NULL) {
         /* One-site ACME: the same object a config file would hold. */
         json_t *tls = json_object();
         json_t *acme = json_object();
@@ -1471,8 +1499,8 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
             problem(&k, "out of memory");
             goto out;
         }
-        if (q->ca != NULL) {
-            json_object_set_new(acme, "ca", json_string(q->ca));
+        if (ca != NULL) {
+            json_object_set_new(acme, "ca", json_string(ca));
         }
         if (q->email != NULL) {
             json_object_set_new(acme, "email", json_string(q->email));

@@ -1075,6 +1075,42 @@ TEST(test_data_dir)
     free(saved_home);
 }
 
+TEST(test_quick_default_issuer)
+{
+    /* Public names get Let's Encrypt without --ca; private ones the local CA. */
+    static const struct {
+        const char *from;
+        bool is_acme;
+    } cases[] = {
+        {"example.com", true},  {"www.example.org", true},
+        {"localhost", false},   {"app.localhost", false},
+        {"a.test", false},      {"nas.local", false},
+        {"127.0.0.1", false},   {"::1", false},
+        {"intranet", false},    {"svc.internal", false},
+        {"x.home.arpa", false},
+    };
+    const char *to[] = {"127.0.0.1:8080"};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct cfg_quick q = {.from = cases[i].from,
+                              .to = to,
+                              .num_to = 1,
+                              .https_port = -1,
+                              .http_port = -1,
+                              .data_dir = DATA_DIR};
+        struct cfg *c = quick(&q);
+        CHECK(c != NULL);
+        if (c == NULL) {
+            continue;
+        }
+        CHECK_EQ_INT(c->sites[0].tls == CFG_TLS_ACME, cases[i].is_acme);
+        if (cases[i].is_acme) {
+            CHECK_STR(c->sites[0].acme->directory, CFG_DEFAULT_ACME_CA);
+            CHECK(c->sites[0].acme->agree_tos);
+        }
+        cfg_unref(c);
+    }
+}
+
 TEST(test_quick)
 {
     const char *to[] = {"127.0.0.1:9080", "[::1]:9081", "unix:/run/app.sock"};
@@ -1425,23 +1461,21 @@ TEST(test_acme_sites)
                     "sites[0].tls.acme.dns_propagation: expected a duration string, got integer "
                     "(use a duration like \"10s\")");
     expect_bad("{\"sites\": [" ACME_SITE(
-                   "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
-                                 "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
-                                 "\"aGk\"}}") ", " ACME_SITE("\"b.test\"",
-                                                             "{\"ca\": \"https://ca.test/dir\", "
+                   "\"a.test\"",
+                   "{\"ca\": \"https://ca.test/dir\", "
+                   "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
+                   "\"aGk\"}}") ", " ACME_SITE("\"b.test\"", "{\"ca\": \"https://ca.test/dir\", "
                                                              "\"email\": \"o@a.test\"}") "]}",
                "sites[1].tls.acme.eab: differs from sites[0] for the same CA and email (one "
                "account per CA and email: use the same eab, or another email)",
                __LINE__);
     /* Different emails: two accounts, fine. */
-    c =
-        load("{\"sites\": [" ACME_SITE(
-            "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
-                          "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
-                          "\"aGk\"}}") ", " ACME_SITE("\"b.test\"",
-                                                      "{\"ca\": \"https://ca.test/dir\", "
-                                                      "\"email\": \"p@a.test\", "
-                                                      "\"orders_per_hour\": 5}") "]}");
+    c = load("{\"sites\": [" ACME_SITE(
+        "\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                      "\"email\": \"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
+                      "\"aGk\"}}") ", " ACME_SITE("\"b.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                                                "\"email\": \"p@a.test\", "
+                                                                "\"orders_per_hour\": 5}") "]}");
     CHECK(c != NULL);
     if (c != NULL) {
         CHECK_EQ_INT(c->sites[0].acme->orders_per_hour, 100);
@@ -1478,10 +1512,11 @@ TEST(test_acme_sites)
                     "sites[0].tls.acme.emial: unknown key (did you mean \"email\"?)");
 }
 
-HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites), T(test_full_config),
-             T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
-             T(test_problem_cap), T(test_unknown_keys), T(test_duplicate_hosts),
-             T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
-             T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
-             T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
-             T(test_quote_limits), T(test_examples), T(test_teardown))
+HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites),
+             T(test_quick_default_issuer), T(test_full_config), T(test_bad_types),
+             T(test_bad_values), T(test_many_problems_at_once), T(test_problem_cap),
+             T(test_unknown_keys), T(test_duplicate_hosts), T(test_host_names_and_wildcards),
+             T(test_addresses), T(test_durations), T(test_tls_files), T(test_json_errors),
+             T(test_data_dir), T(test_quick), T(test_dump_round_trip),
+             T(test_refcount_and_generation), T(test_host_matches), T(test_quote_limits),
+             T(test_examples), T(test_teardown))
