@@ -73,7 +73,7 @@ class ConfigTest(dmtest.DmTestCase):
                             if l and "is invalid" not in l]
                 self.assertTrue(problems, text(r.stderr))
                 for line in problems:
-                    self.assertRegex(line, r"sites\[\d+\]\.tls\.(cert|key): /etc/doorman/\S+: "
+                    self.assertRegex(line, r"sites\[\d+\]\.tls\.(cert|key|acme\.dns_hook): /etc/doorman/\S+: "
                                            r"No such file or directory", text(r.stderr))
 
     def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
