@@ -48,6 +48,14 @@ struct acme_storage_ops {
      * free with acme_storage_names_free). */
     int (*list)(struct acme_storage *st, const char *issuer, char ***out_names, size_t *out_num,
                 struct dm_err *err);
+    /* lock takes the named lock (e.g. "order-example.com") for ttl_s seconds:
+     * returns 0 when taken, 1 when another holder has it (not expired), or
+     * -1 with err. An expired lock is taken over, so a crashed holder never
+     * blocks the others for longer than its ttl. Processes sharing storage
+     * use it so one orders a name while the others wait for the result. */
+    int (*lock)(struct acme_storage *st, const char *key, unsigned ttl_s, struct dm_err *err);
+    /* unlock releases a lock this storage object took; a missing lock is fine. */
+    void (*unlock)(struct acme_storage *st, const char *key);
     void (*free)(struct acme_storage *st);
 };
 
@@ -73,6 +81,11 @@ int acme_storage_delete(struct acme_storage *st, const char *issuer, const char 
                         struct dm_err *err);
 int acme_storage_list(struct acme_storage *st, const char *issuer, char ***out_names,
                       size_t *out_num, struct dm_err *err);
+
+/* acme_storage_lock / acme_storage_unlock: see struct acme_storage_ops.
+ * key is [a-z0-9._-], at most 200 bytes. */
+int acme_storage_lock(struct acme_storage *st, const char *key, unsigned ttl_s, struct dm_err *err);
+void acme_storage_unlock(struct acme_storage *st, const char *key);
 
 /* acme_storage_names_free frees a list returned by acme_storage_list. */
 void acme_storage_names_free(char **names, size_t num);

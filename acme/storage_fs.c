@@ -9,6 +9,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include "acme/cert_int.h"
 #include "proxy/core/err.h"
 #include "proxy/core/file.h"
+#include "proxy/core/time.h"
 
 /* meta.json is a few hundred bytes; 512 KiB holds ACME_CERT_MAX_NAMES names of
  * the longest length with JSON quoting. */
@@ -386,11 +389,83 @@ static void fs_free(struct acme_storage *st)
     free(fs);
 }
 
+/* Locks are files <root>/.locks/<key>.lock created with O_EXCL, holding the
+ * expiry time and the holder's pid; an expired one is replaced by rename so
+ * two processes taking it over at once cannot both win. */
+static int fs_lock_path(const struct storage_fs *fs, const char *key, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s/.locks/%s.lock", fs->root, key);
+    return n > 0 && (size_t)n < cap ? 0 : -1;
+}
+
+static int fs_lock(struct acme_storage *st, const char *key, unsigned ttl_s, struct dm_err *err)
+{
+    struct storage_fs *fs = (struct storage_fs *)st;
+    char path[PATH_MAX], dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/.locks", fs->root);
+    if (fs_lock_path(fs, key, path, sizeof(path)) != 0 || dm_mkdir_p(dir, 0700, err) != 0) {
+        if (err != NULL && err->code == DM_E_OK) {
+            dm_err_set(err, DM_E_STORAGE, "lock %s: path too long", key);
+        }
+        return -1;
+    }
+    char body[64];
+    time_t now = dm_time_now();
+    int len =
+        snprintf(body, sizeof(body), "%lld %d\n", (long long)(now + (time_t)ttl_s), (int)getpid());
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            ssize_t w = write(fd, body, (size_t)len);
+            close(fd);
+            if (w != len) {
+                unlink(path);
+                dm_err_set_errno(err, errno, "lock %s", key);
+                return -1;
+            }
+            return 0;
+        }
+        if (errno != EEXIST) {
+            dm_err_set_errno(err, errno, "lock %s", key);
+            return -1;
+        }
+        char *old = NULL;
+        size_t old_len = 0;
+        long long expires = 0;
+        if (dm_file_read(path, 256, &old, &old_len, NULL) == 0) {
+            expires = strtoll(old, NULL, 10);
+            free(old);
+        }
+        if (expires > (long long)now) {
+            return 1; /* held by someone else */
+        }
+        /* Expired (or unreadable): move it aside atomically; whoever renames
+         * it first retries the O_EXCL create, the other finds it gone. */
+        char stale[PATH_MAX + 32];
+        snprintf(stale, sizeof(stale), "%s.stale.%d", path, (int)getpid());
+        if (rename(path, stale) == 0) {
+            unlink(stale);
+        }
+    }
+    return 1;
+}
+
+static void fs_unlock(struct acme_storage *st, const char *key)
+{
+    struct storage_fs *fs = (struct storage_fs *)st;
+    char path[PATH_MAX];
+    if (fs_lock_path(fs, key, path, sizeof(path)) == 0) {
+        unlink(path);
+    }
+}
+
 static const struct acme_storage_ops fs_ops = {
     .get = fs_get,
     .put = fs_put,
     .del = fs_del,
     .list = fs_list,
+    .lock = fs_lock,
+    .unlock = fs_unlock,
     .free = fs_free,
 };
 
@@ -440,6 +515,38 @@ int acme_storage_delete(struct acme_storage *st, const char *issuer, const char 
         return -1;
     }
     return st->ops->del(st, issuer, name, err);
+}
+
+static bool lock_key_valid(const char *key)
+{
+    size_t n = key != NULL ? strlen(key) : 0;
+    if (n == 0 || n > 200 || key[0] == '.') {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char ch = key[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+              ch == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int acme_storage_lock(struct acme_storage *st, const char *key, unsigned ttl_s, struct dm_err *err)
+{
+    if (!lock_key_valid(key)) {
+        dm_err_set(err, DM_E_STORAGE, "invalid lock key \"%.64s\"", key ? key : "");
+        return -1;
+    }
+    return st->ops->lock(st, key, ttl_s, err);
+}
+
+void acme_storage_unlock(struct acme_storage *st, const char *key)
+{
+    if (lock_key_valid(key)) {
+        st->ops->unlock(st, key);
+    }
 }
 
 int acme_storage_list(struct acme_storage *st, const char *issuer, char ***out_names,

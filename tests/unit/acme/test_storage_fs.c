@@ -2,6 +2,7 @@
  * meta.json round trip, list and delete, NOTFOUND, and the key validation
  * that keeps names from escaping the storage directory. */
 #include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include "harness.h"
 #include "proxy/core/err.h"
 #include "proxy/core/file.h"
+#include "proxy/core/time.h"
 
 static int mode_of(const char *path)
 {
@@ -215,4 +217,36 @@ TEST(test_key_validation)
     fx_rmtree(dir);
 }
 
-HARNESS_MAIN(T(test_put_get_layout), T(test_list_delete_notfound), T(test_key_validation))
+TEST(test_locks_expire_and_exclude)
+{
+    char dir[256];
+    CHECK(fx_tmpdir(dir, sizeof(dir)) != NULL);
+    struct dm_err err = {0};
+    struct acme_storage *a = acme_storage_fs_new(dir, &err);
+    struct acme_storage *b = acme_storage_fs_new(dir, &err);
+    CHECK(a != NULL && b != NULL);
+    time_t t0 = 1900000000;
+    dm_time_mock(t0);
+    CHECK_EQ_INT(acme_storage_lock(a, "order-a.test", 60, &err), 0);
+    CHECK_EQ_INT(acme_storage_lock(b, "order-a.test", 60, &err), 1); /* held */
+    CHECK_EQ_INT(acme_storage_lock(b, "order-b.test", 60, &err), 0); /* another key */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/certificates/.locks/order-a.test.lock", dir);
+    CHECK_EQ_INT(mode_of(path), 0600);
+    /* A holder that crashed: its lock expires and is taken over. */
+    dm_time_mock(t0 + 61);
+    CHECK_EQ_INT(acme_storage_lock(b, "order-a.test", 60, &err), 0);
+    CHECK_EQ_INT(acme_storage_lock(a, "order-a.test", 60, &err), 1);
+    acme_storage_unlock(b, "order-a.test");
+    CHECK_EQ_INT(acme_storage_lock(a, "order-a.test", 60, &err), 0);
+    acme_storage_unlock(a, "order-a.test");
+    acme_storage_unlock(b, "order-b.test");
+    CHECK_EQ_INT(acme_storage_lock(a, "../x", 60, &err), -1);
+    CHECK_EQ_INT(acme_storage_lock(a, "A", 60, &err), -1);
+    dm_time_mock(0);
+    acme_storage_free(a);
+    acme_storage_free(b);
+}
+
+HARNESS_MAIN(T(test_put_get_layout), T(test_list_delete_notfound), T(test_key_validation),
+             T(test_locks_expire_and_exclude))
