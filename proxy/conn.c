@@ -932,6 +932,15 @@ static void conn_start_linger(struct dm_conn *c)
     if (c->ssl != NULL) {
         SSL_shutdown(c->ssl); /* close_notify, best effort */
     }
+    /* Linger only when the client may still be sending (an error answered
+     * early, an unread body, pipelined bytes): otherwise unread input cannot
+     * exist and a plain close saves a shutdown, a wakeup and a read. */
+    bool may_send_more = c->status >= 400 || !c->req_body_done || c->rbuf != NULL ||
+                         evbuffer_get_length(c->in) > 0 || c->state == DM_CONN_TUNNEL;
+    if (!may_send_more || c->eof) {
+        conn_close(c);
+        return;
+    }
     dm_conn_rbuf_release(c);
     shutdown(c->fd, SHUT_WR);
     c->lingering = true;

@@ -104,6 +104,8 @@ static int listen_socket(const char *bind_addr, uint16_t port, bool reuseport, s
     if (ss.ss_family == AF_INET6) {
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
     }
+    /* Accepted sockets inherit it: no setsockopt per connection. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     /* Wake us only when the client has sent something (the ClientHello). */
     int defer_s = 10;
     setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s));
@@ -152,8 +154,7 @@ static void worker_on_accept(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* TCP_NODELAY is inherited from the listening socket. */
         dm_conn_accept(w, fd, (struct sockaddr *)&ss, len, w->listen_is_tls[idx]);
     }
 }
