@@ -122,6 +122,26 @@ class QuickModeTest(dmtest.DmTestCase):
         cls.a = cls.env.backend("qa")
         cls.b = cls.env.backend("qb")
 
+    def test_backend_address_forms(self):
+        """A backend by host name (resolved with evdns, never blocking), on a unix socket and
+        on IPv6 loopback."""
+        env = self.new_env()
+        ux_path = os.path.join(env.new_dir("ux"), "app.sock")
+        ux = env.backend("ux", listen=f"unix:{ux_path}")
+        by_name = env.backend("byname")
+        sites = [
+            {"hosts": ["name.test"], "to": f"localhost:{by_name.port}"},
+            {"hosts": ["unix.test"], "to": f"unix:{ux_path}"},
+        ]
+        v6 = env.backend("v6", listen="[::1]:0")
+        sites.append({"hosts": ["v6.test"], "to": f"[::1]:{v6.port}"})
+        cfg = dmtest.base_config(env.new_dir(), dmtest.free_port(), sites)
+        d = env.doorman_run(cfg)
+        self.assertEqual(d.request("name.test", "/hello").body, b"hello from byname\n")
+        self.assertEqual(d.request("unix.test", "/hello").body, b"hello from ux\n")
+        self.assertEqual(d.request("v6.test", "/hello").body, b"hello from v6\n")
+        self.assertTrue(ux.proc.alive())
+
     def test_reverse_proxy_localhost(self):
         env = self.new_env()
         d = env.doorman_quick("localhost", self.a.addr)
