@@ -126,14 +126,45 @@ time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name)
 
 /* acme_revoke_run revokes the certificate stored for the ACME site of cfg
  * (borrowed) that serves name, with the CRL reason code reason (RFC 5280
- * §5.3.1: 0-10 except 7, or ACME_REVOKE_NO_REASON). It opens the site's
- * account (registering it again if only its key is known), blocks on a
- * private event_base until the CA answers, and on success writes the revoked
- * serial (lower-case hex) into out_serial (cap bytes, may be NULL). Returns 0,
- * or -1 with err (DM_E_CONFIG: no such ACME site or bad reason; DM_E_NOTFOUND:
- * nothing stored; DM_E_ACME with the CA's problem; DM_E_IO, DM_E_TIMEOUT...). */
-int acme_revoke_run(const struct cfg *cfg, const char *name, int reason, char *out_serial,
-                    size_t cap, struct dm_err *err);
+ * §5.3.1: 0-10 except 7, or ACME_REVOKE_NO_REASON). By default the request is
+ * signed by the site's account with its kid (registering it again if only its
+ * key is known; a missing account key is DM_E_NOTFOUND); with is_cert_key it
+ * is signed by the certificate's own stored key with a "jwk" header, and no
+ * account is opened (RFC 8555 §7.6). It blocks on a private event_base until
+ * the CA answers, and on success writes the revoked serial (lower-case hex)
+ * into out_serial (cap bytes, may be NULL). Returns 0, or -1 with err
+ * (DM_E_CONFIG: no such ACME site or bad reason; DM_E_NOTFOUND: nothing
+ * stored; DM_E_ACME with the CA's problem; DM_E_IO, DM_E_TIMEOUT...). */
+int acme_revoke_run(const struct cfg *cfg, const char *name, int reason, bool is_cert_key,
+                    char *out_serial, size_t cap, struct dm_err *err);
+
+/* Account commands for `doorman account` (account_cmd.c). Both open the
+ * account of the first ACME CA (directory, ca_root, email, EAB) of the site of
+ * cfg (borrowed) that serves name, refuse with DM_E_NOTFOUND when it has no
+ * stored account key (nothing to act on; no account is created), block on a
+ * private event_base until the CA answers, and on success write the account
+ * URL into out_kid (cap bytes, may be NULL). A running doorman keeps the old
+ * account in memory: restart it afterwards. Return 0, or -1 with err
+ * (DM_E_CONFIG, DM_E_NOTFOUND, DM_E_ACME with the CA's problem, DM_E_IO...). */
+
+/* acme_account_rollover_run replaces the account key with a new one of the
+ * same algorithm (and RSA size) through keyChange (RFC 8555 §7.3.5). The new
+ * key is written to account.key.next (0600) first and renamed over
+ * account.key only once the CA accepted it, so the old key keeps working
+ * until then. If the CA refused, account.key.next is removed; if no answer
+ * came, it is kept (the message says so) because the CA may have switched.
+ * A leftover account.key.next makes it refuse (DM_E_CONFIG) rather than
+ * overwrite what may be the only key the CA accepts. */
+int acme_account_rollover_run(const struct cfg *cfg, const char *name, char *out_kid, size_t cap,
+                              struct dm_err *err);
+
+/* acme_account_deactivate_run deactivates the account (RFC 8555 §7.3.6:
+ * {"status":"deactivated"}, final at the CA). Its account.key and
+ * account.json are then renamed to *.deactivated, kept for the record; the
+ * next run of a site on that CA and email registers a new account with a new
+ * key. */
+int acme_account_deactivate_run(const struct cfg *cfg, const char *name, char *out_kid, size_t cap,
+                                struct dm_err *err);
 
 /* acme_certificates_report prints what data_dir holds (names, issuer,
  * not-after, next renewal, last error) to out, one certificate per line.

@@ -596,22 +596,26 @@ static int cmd_certificates(int argc, char **argv)
 }
 
 static const char revoke_help[] =
-    "Usage: doorman revoke --config FILE --name NAME [--reason N] [--data-dir DIR]\n"
+    "Usage: doorman revoke --config FILE --name NAME [--reason N] [--with-cert-key]\n"
+    "                      [--data-dir DIR]\n"
     "\n"
     "Asks the ACME CA of the site that serves NAME to revoke the certificate stored\n"
-    "for that site (RFC 8555 section 7.6), signed with the site's account key. N is a\n"
+    "for that site (RFC 8555 section 7.6), signed with the site's account key, or\n"
+    "with --with-cert-key by the certificate's own stored key (no account needed,\n"
+    "e.g. after losing the account key). N is a\n"
     "CRL reason code (RFC 5280): 0 unspecified, 1 keyCompromise, 4 superseded,\n"
     "5 cessationOfOperation, ... (0-10 except 7). Without --reason none is sent.\n"
     "The running proxy keeps serving the revoked certificate until it renews.\n";
 
 static int cmd_revoke(int argc, char **argv)
 {
-    enum { R_CONFIG = 1, R_DATA_DIR, R_NAME, R_REASON, R_HELP };
+    enum { R_CONFIG = 1, R_DATA_DIR, R_NAME, R_REASON, R_CERT_KEY, R_HELP };
     static const struct option opts[] = {
         {"config", required_argument, NULL, R_CONFIG},
         {"data-dir", required_argument, NULL, R_DATA_DIR},
         {"name", required_argument, NULL, R_NAME},
         {"reason", required_argument, NULL, R_REASON},
+        {"with-cert-key", no_argument, NULL, R_CERT_KEY},
         {"help", no_argument, NULL, R_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -619,6 +623,7 @@ static int cmd_revoke(int argc, char **argv)
     memset(&a, 0, sizeof(a));
     const char *name = NULL;
     int reason = ACME_REVOKE_NO_REASON;
+    bool is_cert_key = false;
     optind = 1;
     opterr = 0;
     int ch;
@@ -647,6 +652,9 @@ static int cmd_revoke(int argc, char **argv)
             }
             reason = (int)v;
             break;
+        case R_CERT_KEY:
+            is_cert_key = true;
+            break;
         case R_HELP:
             fputs(revoke_help, stdout);
             return 0;
@@ -669,13 +677,109 @@ static int cmd_revoke(int argc, char **argv)
     dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
     struct dm_err err = {0};
     char serial[128] = "";
-    int rc = acme_revoke_run(cfg, name, reason, serial, sizeof(serial), &err);
+    int rc = acme_revoke_run(cfg, name, reason, is_cert_key, serial, sizeof(serial), &err);
     cfg_unref(cfg);
     if (rc != 0) {
         fprintf(stderr, "doorman revoke: %s: %s\n", name, err.msg);
         return 1;
     }
     printf("revoked %s serial %s\n", name, serial);
+    return 0;
+}
+
+static const char account_help[] =
+    "Usage: doorman account rollover --config FILE --site NAME [--data-dir DIR]\n"
+    "       doorman account deactivate --config FILE --site NAME [--data-dir DIR]\n"
+    "\n"
+    "Acts on the ACME account that the site serving NAME orders with (its CA,\n"
+    "email and EAB from the config). Stop doorman first, or restart it afterwards:\n"
+    "a running doorman keeps using the account as it was.\n"
+    "\n"
+    "  rollover    replace the account key with a new one of the same type\n"
+    "              (RFC 8555 section 7.3.5); the stored key changes only once\n"
+    "              the CA accepted the new one\n"
+    "  deactivate  deactivate the account for good (RFC 8555 section 7.3.6); its\n"
+    "              files are kept as account.key.deactivated and\n"
+    "              account.json.deactivated, and the next run registers a new\n"
+    "              account with a new key\n";
+
+/* cmd_account runs `doorman account rollover|deactivate`. */
+static int cmd_account(int argc, char **argv)
+{
+    enum { A_CONFIG = 1, A_DATA_DIR, A_SITE, A_HELP };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, A_CONFIG},
+        {"data-dir", required_argument, NULL, A_DATA_DIR},
+        {"site", required_argument, NULL, A_SITE},
+        {"help", no_argument, NULL, A_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0)) {
+        fputs(account_help, stdout);
+        return 0;
+    }
+    if (argc < 2 || (strcmp(argv[1], "rollover") != 0 && strcmp(argv[1], "deactivate") != 0)) {
+        fprintf(stderr, "doorman account: expected rollover or deactivate (see doorman account "
+                        "--help)\n");
+        return 2;
+    }
+    const char *sub = argv[1];
+    struct args a;
+    memset(&a, 0, sizeof(a));
+    const char *site = NULL;
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case A_CONFIG:
+            a.config = optarg;
+            break;
+        case A_DATA_DIR:
+            a.data_dir = optarg;
+            break;
+        case A_SITE:
+            site = optarg;
+            break;
+        case A_HELP:
+            fputs(account_help, stdout);
+            return 0;
+        default:
+            fprintf(stderr,
+                    "doorman account %s: unknown or incomplete option %s (see doorman account "
+                    "--help)\n",
+                    sub, argv[optind]);
+            return 2;
+        }
+    }
+    if (optind < argc - 1) {
+        fprintf(stderr, "doorman account %s: unexpected argument \"%s\"\n", sub, argv[optind + 1]);
+        return 2;
+    }
+    if (a.config == NULL || site == NULL) {
+        fprintf(stderr, "doorman account %s: --config FILE and --site NAME are required\n", sub);
+        return 2;
+    }
+    struct cfg *cfg = load_config(&a);
+    if (cfg == NULL) {
+        return 1;
+    }
+    dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
+    struct dm_err err = {0};
+    char kid[1024] = "";
+    bool is_rollover = strcmp(sub, "rollover") == 0;
+    int rc = is_rollover ? acme_account_rollover_run(cfg, site, kid, sizeof(kid), &err)
+                         : acme_account_deactivate_run(cfg, site, kid, sizeof(kid), &err);
+    cfg_unref(cfg);
+    if (rc != 0) {
+        fprintf(stderr, "doorman account %s: %s: %s\n", sub, site, err.msg);
+        return 1;
+    }
+    if (is_rollover) {
+        printf("rolled over the key of account %s\n", kid);
+    } else {
+        printf("deactivated account %s; the next run registers a new account\n", kid);
+    }
     return 0;
 }
 
@@ -699,6 +803,7 @@ static const char main_help[] =
     "  trust          print the path of the local CA root certificate\n"
     "  certificates   list the certificates in the data directory\n"
     "  revoke         revoke a site's stored ACME certificate\n"
+    "  account        roll over or deactivate a site's ACME account\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
@@ -734,6 +839,9 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "revoke") == 0) {
         return cmd_revoke(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "account") == 0) {
+        return cmd_account(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;
