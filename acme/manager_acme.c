@@ -1,11 +1,14 @@
 /* The certificate manager's ACME sites: one entry per site with tls.acme.
  * An entry serves its stored certificate while it is valid, orders a new one
- * when there is none or when a third of its lifetime remains (with jitter),
- * retries failures with capped exponential backoff while the old certificate
- * keeps serving, and swaps each new certificate into the store. Clients and
- * accounts are shared per CA directory (and email). Everything runs on the
- * control thread's loop. Entries whose names and CA are unchanged survive a
- * reload with their order in flight. See docs/acme.md. */
+ * when there is none, when the CA's renewal window (ARI, RFC 9773) says so,
+ * or else when a third of its lifetime remains (with jitter), retries
+ * failures with capped exponential backoff while the old certificate keeps
+ * serving, moves to the site's next issuer (tls.acme.fallback) after
+ * ISSUER_SWITCH_AFTER failures in a row, and swaps each new certificate into
+ * the store. Clients and accounts are shared per CA directory (and email).
+ * Everything runs on the control thread's loop; an entry's one timer wakes at
+ * min(renewal time, next ARI poll). Entries whose names and CAs are unchanged
+ * survive a reload with their order in flight. See docs/acme.md. */
 #include "acme/manager_acme.h"
 
 #include <stdio.h>
@@ -13,9 +16,11 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <openssl/pool.h>
 #include <openssl/rand.h>
 
 #include "acme/account.h"
+#include "acme/ari.h"
 #include "acme/cert_int.h"
 #include "acme/client.h"
 #include "acme/order.h"
@@ -32,6 +37,22 @@
  * keeps serving. */
 #define ACME_BACKOFF_FIRST_S 60
 #define ACME_BACKOFF_MAX_S   (6 * 3600)
+
+/* Consecutive failed orders with one issuer before the next order goes to
+ * the site's next issuer (after the last, the first again). Two, not one: a
+ * single failure is often transient (a CA blip, a slow DNS record) and the
+ * first CA is the operator's preference; two in a row (a minute apart by
+ * default) usually mean this CA will not issue for these names. */
+#define ISSUER_SWITCH_AFTER 2
+
+/* A certificate this process ordered is not replaced on ARI advice before it
+ * is an hour old: a CA (or a proxy in front of it) answering "renew now" for
+ * every certificate would otherwise get a new order after every poll, up to
+ * orders_per_hour. A real revocation still renews within the hour. */
+#define ARI_MIN_CERT_AGE_S 3600
+
+/* The primary issuer and its fallbacks (config caps fallbacks at 4). */
+#define ENTRY_MAX_ISSUERS 8
 
 /* A CA client and account shared by the sites that use the same directory,
  * trust root, email and EAB key id. */
@@ -75,18 +96,30 @@ struct mgr_acme {
     struct mgr_acme_set *set;    /* borrowed */
     struct cfg *cfg;             /* ref: keeps site alive */
     const struct cfg_site *site; /* borrowed from cfg */
-    char issuer_id[96];          /* storage issuer directory, e.g. acme-127.0.0.1-14000 */
-    struct mgr_issuer *issuer;   /* borrowed */
-    struct acme_cert *cert;      /* ref: the one being served, or NULL */
-    struct acme_order *order;    /* in flight, or NULL */
-    time_t renew_at;
-    unsigned failures;
+    /* issuers[0] is tls.acme, then its fallbacks in order; borrowed from set */
+    struct mgr_issuer *issuers[ENTRY_MAX_ISSUERS];
+    size_t num_issuers;
+    size_t cur;               /* issuer of the next order */
+    unsigned cur_failures;    /* consecutive failed orders with issuers[cur] */
+    size_t cert_issuer;       /* issuer of cert */
+    struct acme_cert *cert;   /* ref: the one being served, or NULL */
+    struct acme_order *order; /* in flight, or NULL */
+    time_t renew_at;          /* next order, seconds since the epoch */
+    time_t lifetime_renew_at; /* the one-third rule's time for cert */
+    time_t issued_at;         /* when this process got cert from the CA; 0 if loaded */
+    unsigned failures;        /* consecutive failed orders, all issuers */
     char last_error[1024];
-    bool is_carried;                  /* taken from the previous apply's list, not yet committed */
-    struct cfg *next_cfg;             /* ref: the config it moves to on commit */
-    const struct cfg_site *next_site; /* borrowed from next_cfg */
-    struct event *timer;              /* owned */
-    struct acme_solver_dns01 *dns01;  /* owned: dns-01 hook of the current order, or NULL */
+    /* ARI (RFC 9773) state of cert */
+    struct acme_ari_fetch *ari;        /* in flight, or NULL */
+    char ari_id[ACME_ARI_CERT_ID_MAX]; /* cert's ARI identifier, "" if it has none */
+    time_t ari_poll_at;                /* next renewalInfo fetch; 0 = none (no ARI at this CA) */
+    time_t ari_start, ari_end;         /* last valid suggestedWindow, both 0 if none */
+    bool is_ari_warned;                /* a failed fetch was logged at warn already */
+    bool is_carried;                   /* taken from the previous apply's list, not yet committed */
+    struct cfg *next_cfg;              /* ref: the config it moves to on commit */
+    const struct cfg_site *next_site;  /* borrowed from next_cfg */
+    struct event *timer;               /* owned */
+    struct acme_solver_dns01 *dns01;   /* owned: dns-01 hook of the current order, or NULL */
 };
 
 struct mgr_acme_set {
@@ -99,6 +132,19 @@ struct mgr_acme_set {
 };
 
 static void entry_on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* entry_acme returns the config of issuer i: tls.acme, then its fallbacks. */
+static const struct cfg_acme *entry_acme(const struct mgr_acme *e, size_t i)
+{
+    const struct cfg_acme *a = e->site->acme;
+    return i == 0 || i > a->num_fallbacks ? a : &a->fallbacks[i - 1];
+}
+
+static size_t site_num_issuers(const struct cfg_site *site)
+{
+    size_t n = 1 + site->acme->num_fallbacks;
+    return n < ENTRY_MAX_ISSUERS ? n : ENTRY_MAX_ISSUERS;
+}
 
 struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store *store,
                                       struct acme_storage *storage, const char *data_dir)
@@ -120,6 +166,7 @@ static void entry_free(struct mgr_acme *e)
         return;
     }
     acme_order_cancel(e->order);
+    acme_ari_fetch_cancel(e->ari);
     acme_solver_dns01_free(e->dns01); /* after the cancel: it withdraws through it */
     if (e->timer != NULL) {
         event_free(e->timer);
@@ -235,51 +282,111 @@ static bool cert_covers_site(const struct acme_cert *c, const struct cfg_site *s
     return true;
 }
 
-/* entry_load_stored reads the stored certificate; it is served if it covers
- * the site and has not expired, even when due (renewal starts at once). */
-static void entry_load_stored(struct mgr_acme *e)
+/* entry_adopt makes c (reference taken over) the entry's certificate, issued
+ * by issuers[issuer], renewed at renew_at unless its CA's renewal window says
+ * otherwise: the first renewalInfo fetch is due at once when the certificate
+ * has an ARI identifier (an Authority Key Identifier). */
+static void entry_adopt(struct mgr_acme *e, struct acme_cert *c, size_t issuer, time_t renew_at)
+{
+    acme_cert_unref(e->cert);
+    e->cert = c;
+    e->cert_issuer = issuer;
+    e->issued_at = 0;
+    e->renew_at = renew_at;
+    e->lifetime_renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    acme_ari_fetch_cancel(e->ari);
+    e->ari = NULL;
+    e->ari_start = e->ari_end = 0;
+    e->is_ari_warned = false;
+    e->ari_id[0] = '\0';
+    size_t n = 0;
+    CRYPTO_BUFFER *const *chain = acme_cert_chain(c, &n);
+    struct dm_err err = {0};
+    if (n > 0 && acme_ari_cert_id(CRYPTO_BUFFER_data(chain[0]), CRYPTO_BUFFER_len(chain[0]),
+                                  e->ari_id, sizeof(e->ari_id), &err) != 0) {
+        e->ari_id[0] = '\0';
+        dm_log(DM_LOG_DEBUG, "acme", "certificate for %s has no ARI identifier (%s)",
+               e->site->hosts[0], err.msg);
+    }
+    e->ari_poll_at = e->ari_id[0] != '\0' ? dm_time_now() : 0;
+}
+
+/* entry_load_one reads what issuer i stored for the site: a certificate that
+ * covers the site and has not expired (even when due: renewal starts at
+ * once), or NULL. */
+static struct acme_cert *entry_load_one(struct mgr_acme *e, size_t i, time_t *out_renew_at,
+                                        char *last_error, size_t cap)
 {
     char *chain = NULL, *key = NULL;
     struct acme_storage_meta meta = {0};
     struct dm_err err = {0};
-    if (acme_storage_get(e->set->storage, e->issuer_id, e->site->hosts[0], &chain, &key, &meta,
+    struct acme_cert *c = NULL;
+    char issuer_id[96];
+    acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, i)->directory);
+    if (acme_storage_get(e->set->storage, issuer_id, e->site->hosts[0], &chain, &key, &meta,
                          &err) != 0) {
         if (err.code != DM_E_NOTFOUND) {
-            dm_log(DM_LOG_WARN, "acme", "stored certificate for %s unreadable: %s",
-                   e->site->hosts[0], err.msg);
+            dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s unreadable: %s",
+                   e->site->hosts[0], issuer_id, err.msg);
         }
         goto out;
     }
-    struct acme_cert *c = acme_cert_from_pem(chain, strlen(chain), key, strlen(key), NULL, &err);
+    c = acme_cert_from_pem(chain, strlen(chain), key, strlen(key), NULL, &err);
     if (c == NULL) {
-        dm_log(DM_LOG_WARN, "acme", "stored certificate for %s invalid, ordering again: %s",
-               e->site->hosts[0], err.msg);
+        dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s invalid, ignored: %s",
+               e->site->hosts[0], issuer_id, err.msg);
         goto out;
     }
-    time_t now = dm_time_now();
-    if (!cert_covers_site(c, e->site) || acme_cert_not_after(c) <= now) {
+    if (!cert_covers_site(c, e->site) || acme_cert_not_after(c) <= dm_time_now()) {
         acme_cert_unref(c);
+        c = NULL;
         goto out;
     }
-    e->cert = c;
-    e->renew_at = meta.renew_after;
-    if (e->renew_at < acme_cert_not_before(c) || e->renew_at > acme_cert_not_after(c)) {
-        e->renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    *out_renew_at = meta.renew_after;
+    if (*out_renew_at < acme_cert_not_before(c) || *out_renew_at > acme_cert_not_after(c)) {
+        *out_renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
     }
-    if (meta.last_error != NULL) {
-        snprintf(e->last_error, sizeof(e->last_error), "%s", meta.last_error);
-    }
+    snprintf(last_error, cap, "%s", meta.last_error != NULL ? meta.last_error : "");
 out:
     free(chain);
     acme_pem_free_secret(key);
     acme_storage_meta_cleanup(&meta);
+    return c;
+}
+
+/* entry_load_stored serves the stored certificate: of what the site's
+ * issuers stored (a fallback CA may have issued the last one), the valid one
+ * that expires last. Nothing stored means an order on commit. */
+static void entry_load_stored(struct mgr_acme *e)
+{
+    size_t n = site_num_issuers(e->site);
+    for (size_t i = 0; i < n; i++) {
+        time_t renew_at = 0;
+        char last_error[sizeof(e->last_error)];
+        struct acme_cert *c = entry_load_one(e, i, &renew_at, last_error, sizeof(last_error));
+        if (c == NULL) {
+            continue;
+        }
+        if (e->cert != NULL && acme_cert_not_after(c) <= acme_cert_not_after(e->cert)) {
+            acme_cert_unref(c);
+            continue;
+        }
+        entry_adopt(e, c, i, renew_at);
+        memcpy(e->last_error, last_error, sizeof(e->last_error));
+    }
 }
 
 static bool same_site(const struct cfg_site *a, const struct cfg_site *b)
 {
-    if (a->num_hosts != b->num_hosts || strcmp(a->acme->directory, b->acme->directory) != 0 ||
-        a->acme->key_type != b->acme->key_type) {
+    if (a->num_hosts != b->num_hosts || a->acme->num_fallbacks != b->acme->num_fallbacks) {
         return false;
+    }
+    for (size_t i = 0; i <= a->acme->num_fallbacks; i++) {
+        const struct cfg_acme *x = i == 0 ? a->acme : &a->acme->fallbacks[i - 1];
+        const struct cfg_acme *y = i == 0 ? b->acme : &b->acme->fallbacks[i - 1];
+        if (strcmp(x->directory, y->directory) != 0 || x->key_type != y->key_type) {
+            return false;
+        }
     }
     for (size_t i = 0; i < a->num_hosts; i++) {
         if (strcmp(a->hosts[i], b->hosts[i]) != 0) {
@@ -319,12 +426,14 @@ int mgr_acme_prepare(struct mgr_acme_set *s, struct cfg *cfg, size_t site_index,
     e->set = s;
     e->cfg = cfg_ref(cfg);
     e->site = site;
-    acme_issuer_storage_id(e->issuer_id, sizeof(e->issuer_id), site->acme->directory);
+    e->num_issuers = site_num_issuers(site);
     if (s->base != NULL) {
-        e->issuer = issuer_get(s, site->acme, err);
-        if (e->issuer == NULL) {
-            entry_free(e);
-            return -1;
+        for (size_t i = 0; i < e->num_issuers; i++) {
+            e->issuers[i] = issuer_get(s, entry_acme(e, i), err);
+            if (e->issuers[i] == NULL) {
+                entry_free(e);
+                return -1;
+            }
         }
         e->timer = evtimer_new(s->base, entry_on_timer, e);
         if (e->timer == NULL) {
@@ -340,15 +449,124 @@ int mgr_acme_prepare(struct mgr_acme_set *s, struct cfg *cfg, size_t site_index,
     return 0;
 }
 
+/* entry_is_due tells whether the entry should order now: no certificate yet
+ * (and no failure to back off from), or its renewal or retry time reached. */
+static bool entry_is_due(const struct mgr_acme *e, time_t now)
+{
+    return (e->cert == NULL && e->failures == 0) || now >= e->renew_at;
+}
+
+/* entry_schedule sets the entry's one timer to min(next order, next ARI
+ * poll). */
 static void entry_schedule(struct mgr_acme *e)
 {
     if (e->timer == NULL || e->order != NULL) {
         return;
     }
     time_t now = dm_time_now();
-    time_t at = e->cert == NULL && e->failures == 0 ? now : e->renew_at;
+    time_t at = entry_is_due(e, now) ? now : e->renew_at;
+    if (e->ari == NULL && e->ari_poll_at != 0 && e->ari_poll_at < at) {
+        at = e->ari_poll_at;
+    }
     struct timeval tv = {.tv_sec = at > now ? at - now : 0};
     evtimer_add(e->timer, &tv);
+}
+
+/* entry_on_ari takes a renewalInfo answer (RFC 9773 §4.2) for the served
+ * certificate: a valid window moves the renewal to a time chosen in it (once
+ * per window, so polls do not re-draw it), possibly now; a missing or
+ * unusable window keeps the lifetime rule. The next poll follows
+ * Retry-After (ari.h clamps it). Failures only delay the next poll. */
+static void entry_on_ari(const struct acme_ari_info *info, const struct acme_problem *prob,
+                         const struct dm_err *err, void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->ari = NULL;
+    time_t now = dm_time_now();
+    const char *dir = entry_acme(e, e->cert_issuer)->directory;
+    if (info == NULL) {
+        if (err != NULL && err->code == DM_E_NOTFOUND) {
+            dm_log(DM_LOG_DEBUG, "acme", "%s has no renewalInfo (ARI): %s renews by lifetime", dir,
+                   e->site->hosts[0]);
+            e->ari_poll_at = 0;
+        } else {
+            uint32_t wait = ACME_ARI_RETRY_DEFAULT_S;
+            if (prob != NULL && prob->has_retry_after) {
+                wait = prob->retry_after_s < ACME_ARI_RETRY_MIN_S   ? ACME_ARI_RETRY_MIN_S
+                       : prob->retry_after_s > ACME_ARI_RETRY_MAX_S ? ACME_ARI_RETRY_MAX_S
+                                                                    : prob->retry_after_s;
+            }
+            dm_log(e->is_ari_warned ? DM_LOG_DEBUG : DM_LOG_WARN, "acme",
+                   "renewal info for %s from %s failed, asking again in %us (renewal by "
+                   "lifetime meanwhile): %s",
+                   e->site->hosts[0], dir, (unsigned)wait, err != NULL ? err->msg : "failed");
+            e->is_ari_warned = true;
+            e->ari_poll_at = now + wait;
+        }
+        entry_schedule(e);
+        return;
+    }
+    e->ari_poll_at =
+        now + (info->retry_after_s > 0 ? info->retry_after_s : ACME_ARI_RETRY_DEFAULT_S);
+    time_t not_after = acme_cert_not_after(e->cert);
+    if (info->window_start >= not_after) {
+        /* A window after expiry is no advice we can follow. */
+        dm_log(DM_LOG_DEBUG, "acme", "renewal window for %s starts after expiry: ignored",
+               e->site->hosts[0]);
+        e->ari_start = e->ari_end = 0;
+        if (e->failures == 0) {
+            e->renew_at = e->lifetime_renew_at;
+        }
+        entry_schedule(e);
+        return;
+    }
+    struct acme_ari_info w = *info;
+    if (w.window_end > not_after) {
+        w.window_end = not_after;
+    }
+    bool is_new = w.window_start != e->ari_start || w.window_end != e->ari_end;
+    e->ari_start = w.window_start;
+    e->ari_end = w.window_end;
+    /* A retry in backoff keeps its schedule; the window decides the next
+     * renewal once an order has succeeded. */
+    if (is_new && e->failures == 0) {
+        e->renew_at = acme_ari_choose(&w, now);
+        time_t floor = e->issued_at + ARI_MIN_CERT_AGE_S;
+        if (floor > e->lifetime_renew_at) {
+            floor = e->lifetime_renew_at;
+        }
+        if (e->issued_at != 0 && e->renew_at < floor) {
+            dm_log(DM_LOG_WARN, "acme",
+                   "%s asks to renew %s, issued %llds ago, already: waiting until renew_at=%lld",
+                   dir, e->site->hosts[0], (long long)(now - e->issued_at), (long long)floor);
+            e->renew_at = floor;
+        }
+        dm_log(DM_LOG_INFO, "acme",
+               "renewal window for %s from %s: start=%lld end=%lld renew_at=%lld%s%.256s",
+               e->site->hosts[0], dir, (long long)w.window_start, (long long)w.window_end,
+               (long long)e->renew_at, info->explanation_url != NULL ? " explanation=" : "",
+               info->explanation_url != NULL ? info->explanation_url : "");
+    }
+    entry_schedule(e);
+}
+
+/* entry_ari_start fetches the renewal info of the served certificate from
+ * the CA that issued it; the answer reschedules the entry. */
+static void entry_ari_start(struct mgr_acme *e)
+{
+    e->ari_poll_at = 0;
+    struct acme_client *c = e->issuers[e->cert_issuer]->client;
+    const struct acme_directory *dir = acme_client_directory_find(c);
+    if (dir != NULL && dir->renewal_info == NULL) {
+        return; /* no ARI at this CA (Pebble 2.4): the lifetime rule alone */
+    }
+    struct dm_err err = {0};
+    e->ari = acme_ari_fetch_start(c, e->ari_id, entry_on_ari, e, &err);
+    if (e->ari == NULL) {
+        dm_log(DM_LOG_DEBUG, "acme", "renewal info for %s not asked: %s", e->site->hosts[0],
+               err.msg);
+        e->ari_poll_at = dm_time_now() + ACME_ARI_RETRY_DEFAULT_S;
+    }
 }
 
 void mgr_acme_commit(struct mgr_acme_set *s, struct mgr_acme *fresh)
@@ -407,19 +625,34 @@ static enum acme_cert_key_type key_type_of(enum cfg_key_type k)
     return ACME_CERT_KEY_P256;
 }
 
+/* entry_fail records a failed order with issuers[cur]: backoff from the
+ * issuer's retry_first doubling to 6 h over all consecutive failures (a
+ * switch of issuer does not reset it: every CA tried is spared), and after
+ * ISSUER_SWITCH_AFTER failures in a row the next issuer. */
 static void entry_fail(struct mgr_acme *e, const char *why)
 {
+    const struct cfg_acme *a = entry_acme(e, e->cur);
+    time_t first =
+        a->retry_first_ms >= 1000 ? (time_t)(a->retry_first_ms / 1000) : ACME_BACKOFF_FIRST_S;
     e->failures++;
+    e->cur_failures++;
     unsigned shift = e->failures - 1 < 20 ? e->failures - 1 : 20;
-    time_t backoff = (time_t)ACME_BACKOFF_FIRST_S << shift;
+    time_t backoff = first << shift;
     if (backoff > ACME_BACKOFF_MAX_S) {
         backoff = ACME_BACKOFF_MAX_S;
     }
     e->renew_at = dm_time_now() + backoff;
     snprintf(e->last_error, sizeof(e->last_error), "%s", why);
-    dm_log(DM_LOG_WARN, "acme", "order for %s failed (attempt %u), retrying in %llds%s: %s",
+    dm_log(DM_LOG_WARN, "acme", "order for %s failed (attempt %u), retrying in %llds%s: %s ca=%s",
            e->site->hosts[0], e->failures, (long long)backoff,
-           e->cert != NULL ? ", the current certificate keeps serving" : "", why);
+           e->cert != NULL ? ", the current certificate keeps serving" : "", why, a->directory);
+    if (e->num_issuers > 1 && e->cur_failures >= ISSUER_SWITCH_AFTER) {
+        size_t next = (e->cur + 1) % e->num_issuers;
+        dm_log(DM_LOG_WARN, "acme", "%s: switching to the next issuer %s after %u failures with %s",
+               e->site->hosts[0], entry_acme(e, next)->directory, e->cur_failures, a->directory);
+        e->cur = next;
+        e->cur_failures = 0;
+    }
     entry_schedule(e);
 }
 
@@ -448,13 +681,15 @@ static void entry_on_order_done(const struct acme_order_result *res,
         return;
     }
     time_t renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    char issuer_id[96];
+    acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cur)->directory);
     struct acme_storage_meta meta = {.names = e->site->hosts,
                                      .num_names = e->site->num_hosts,
-                                     .issuer = e->issuer_id,
+                                     .issuer = issuer_id,
                                      .not_before = acme_cert_not_before(c),
                                      .not_after = acme_cert_not_after(c),
                                      .renew_after = renew_at};
-    if (acme_storage_put(e->set->storage, e->issuer_id, e->site->hosts[0], res->chain_pem,
+    if (acme_storage_put(e->set->storage, issuer_id, e->site->hosts[0], res->chain_pem,
                          res->key_pem, &meta, &e2) != 0) {
         /* Serve it anyway; the next start orders again rather than loop now. */
         dm_log(DM_LOG_ERROR, "acme", "certificate for %s issued but not stored: %s",
@@ -467,14 +702,16 @@ static void entry_on_order_done(const struct acme_order_result *res,
         }
     }
     bool renewed = e->cert != NULL;
-    acme_cert_unref(e->cert);
-    e->cert = c;
-    e->renew_at = renew_at;
+    entry_adopt(e, c, e->cur, renew_at);
+    e->issued_at = dm_time_now();
     e->failures = 0;
     e->last_error[0] = '\0';
     dm_log(DM_LOG_INFO, "acme", "certificate %s names=%s issuer=%s not_after=%lld renew_at=%lld",
-           renewed ? "renewed" : "issued", e->site->hosts[0], e->issuer_id,
+           renewed ? "renewed" : "issued", e->site->hosts[0], issuer_id,
            (long long)acme_cert_not_after(c), (long long)renew_at);
+    /* Each renewal starts again with the operator's first choice. */
+    e->cur = 0;
+    e->cur_failures = 0;
     entry_schedule(e);
 }
 
@@ -486,9 +723,20 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
     if (e->order != NULL) {
         return;
     }
-    const struct cfg_acme *a = e->site->acme;
     time_t now = dm_time_now();
-    time_t wait = issuer_ceiling_wait(e->issuer, a->orders_per_hour, now);
+    if (!entry_is_due(e, now)) {
+        if (e->ari == NULL && e->ari_poll_at != 0 && now >= e->ari_poll_at) {
+            entry_ari_start(e);
+        }
+        entry_schedule(e);
+        return;
+    }
+    /* The answer would be about a certificate being replaced. */
+    acme_ari_fetch_cancel(e->ari);
+    e->ari = NULL;
+    struct mgr_issuer *issuer = e->issuers[e->cur];
+    const struct cfg_acme *a = entry_acme(e, e->cur);
+    time_t wait = issuer_ceiling_wait(issuer, a->orders_per_hour, now);
     if (wait > 0) {
         /* Never hammer a CA: this account already started orders_per_hour
          * orders in the last hour. */
@@ -540,13 +788,21 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
                                 .profile = a->profile,
                                 .preferred_chain = a->preferred_chain,
                                 .timeout_ms = a->order_timeout_ms};
+    /* RFC 9773 §5: "replaces" names the certificate this order renews, sent
+     * only to the CA that issued it and only while its suggested window is
+     * valid and open (a CA may refuse it otherwise; order.c then orders once
+     * more without it). */
+    if (e->cert != NULL && e->ari_id[0] != '\0' && e->cur == e->cert_issuer &&
+        e->ari_end > e->ari_start && now >= e->ari_start && now < e->ari_end) {
+        o.replaces = e->ari_id;
+    }
     struct dm_err err = {0};
-    dm_log(DM_LOG_INFO, "acme", "ordering a certificate for %s from %s%s", e->site->hosts[0],
-           a->directory, e->cert != NULL ? " (renewal)" : "");
-    e->order =
-        acme_order_start(e->issuer->client, e->issuer->account, &o, entry_on_order_done, e, &err);
+    dm_log(DM_LOG_INFO, "acme", "ordering a certificate for %s from %s%s%s%s", e->site->hosts[0],
+           a->directory, e->cert != NULL ? " (renewal)" : "",
+           o.replaces != NULL ? " replacing " : "", o.replaces != NULL ? o.replaces : "");
+    e->order = acme_order_start(issuer->client, issuer->account, &o, entry_on_order_done, e, &err);
     if (e->order != NULL) {
-        issuer_note_order(e->issuer, now);
+        issuer_note_order(issuer, now);
     }
     if (e->order == NULL) {
         entry_fail(e, err.msg);

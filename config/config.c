@@ -139,11 +139,12 @@ struct cfg *cfg_ref(struct cfg *c)
     return c;
 }
 
-static void cfg_acme_free(struct cfg_acme *a)
+static void cfg_acme_cleanup(struct cfg_acme *a)
 {
-    if (a == NULL) {
-        return;
+    for (size_t i = 0; i < a->num_fallbacks; i++) {
+        cfg_acme_cleanup(&a->fallbacks[i]);
     }
+    free(a->fallbacks);
     free(a->directory);
     free(a->email);
     free(a->ca_root);
@@ -155,6 +156,14 @@ static void cfg_acme_free(struct cfg_acme *a)
     free(a->profile);
     free(a->preferred_chain);
     free(a->dns_hook);
+}
+
+static void cfg_acme_free(struct cfg_acme *a)
+{
+    if (a == NULL) {
+        return;
+    }
+    cfg_acme_cleanup(a);
     free(a);
 }
 
@@ -277,6 +286,66 @@ static json_t *duration_json(uint64_t ms)
     return json_string(buf);
 }
 
+/* dump_acme returns tls.acme (or one of its fallbacks) as JSON, or NULL with
+ * *is_failed set. */
+static json_t *dump_acme(const struct cfg_acme *a, bool *is_failed)
+{
+    static const char *const chal[] = {"tls-alpn-01", "http-01", "dns-01"};
+    static const char *const kt[] = {"p256", "p384", "rsa2048", "rsa4096"};
+    json_t *acme = json_object();
+    json_t *ch = json_array();
+    if (acme == NULL || ch == NULL) {
+        *is_failed = true;
+        json_decref(acme);
+        json_decref(ch);
+        return NULL;
+    }
+    put(acme, "ca", json_string(a->directory), is_failed);
+    if (a->email != NULL) {
+        put(acme, "email", json_string(a->email), is_failed);
+    }
+    put(acme, "agree_tos", json_boolean(a->agree_tos), is_failed);
+    if (a->ca_root != NULL) {
+        put(acme, "ca_root", json_string(a->ca_root), is_failed);
+    }
+    for (size_t i = 0; i < a->num_challenges; i++) {
+        push(ch, json_string(chal[a->challenges[i]]), is_failed);
+    }
+    put(acme, "challenges", ch, is_failed);
+    put(acme, "key_type", json_string(kt[a->key_type]), is_failed);
+    if (a->eab_kid != NULL) {
+        /* The dump round-trips, so it carries the HMAC key: whatever shows
+         * it to people (the admin API) must redact it. */
+        json_t *eab = json_object();
+        if (eab != NULL) {
+            put(eab, "kid", json_string(a->eab_kid), is_failed);
+            put(eab, "hmac_key", json_string(a->eab_hmac_key), is_failed);
+        }
+        put(acme, "eab", eab, is_failed);
+    }
+    if (a->profile != NULL) {
+        put(acme, "profile", json_string(a->profile), is_failed);
+    }
+    if (a->preferred_chain != NULL) {
+        put(acme, "preferred_chain", json_string(a->preferred_chain), is_failed);
+    }
+    if (a->dns_hook != NULL) {
+        put(acme, "dns_hook", json_string(a->dns_hook), is_failed);
+    }
+    put(acme, "order_timeout", duration_json(a->order_timeout_ms), is_failed);
+    put(acme, "dns_propagation", duration_json(a->dns_propagation_ms), is_failed);
+    put(acme, "orders_per_hour", json_integer(a->orders_per_hour), is_failed);
+    put(acme, "retry_first", duration_json(a->retry_first_ms), is_failed);
+    if (a->num_fallbacks > 0) {
+        json_t *fb = json_array();
+        for (size_t i = 0; fb != NULL && i < a->num_fallbacks; i++) {
+            push(fb, dump_acme(&a->fallbacks[i], is_failed), is_failed);
+        }
+        put(acme, "fallback", fb, is_failed);
+    }
+    return acme;
+}
+
 static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
 {
     json_t *o = json_object();
@@ -305,56 +374,13 @@ static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
         }
         put(o, "tls", tls, is_failed);
     } else if (s->tls == CFG_TLS_ACME && s->acme != NULL) {
-        static const char *const chal[] = {"tls-alpn-01", "http-01", "dns-01"};
-        static const char *const kt[] = {"p256", "p384", "rsa2048", "rsa4096"};
-        const struct cfg_acme *a = s->acme;
         json_t *tls = json_object();
-        json_t *acme = json_object();
-        json_t *ch = json_array();
-        if (tls == NULL || acme == NULL || ch == NULL) {
+        if (tls == NULL) {
             *is_failed = true;
-            json_decref(tls);
-            json_decref(acme);
-            json_decref(ch);
             json_decref(o);
             return NULL;
         }
-        put(acme, "ca", json_string(a->directory), is_failed);
-        if (a->email != NULL) {
-            put(acme, "email", json_string(a->email), is_failed);
-        }
-        put(acme, "agree_tos", json_boolean(a->agree_tos), is_failed);
-        if (a->ca_root != NULL) {
-            put(acme, "ca_root", json_string(a->ca_root), is_failed);
-        }
-        for (size_t i = 0; i < a->num_challenges; i++) {
-            push(ch, json_string(chal[a->challenges[i]]), is_failed);
-        }
-        put(acme, "challenges", ch, is_failed);
-        put(acme, "key_type", json_string(kt[a->key_type]), is_failed);
-        if (a->eab_kid != NULL) {
-            /* The dump round-trips, so it carries the HMAC key: whatever shows
-             * it to people (the admin API) must redact it. */
-            json_t *eab = json_object();
-            if (eab != NULL) {
-                put(eab, "kid", json_string(a->eab_kid), is_failed);
-                put(eab, "hmac_key", json_string(a->eab_hmac_key), is_failed);
-            }
-            put(acme, "eab", eab, is_failed);
-        }
-        if (a->profile != NULL) {
-            put(acme, "profile", json_string(a->profile), is_failed);
-        }
-        if (a->preferred_chain != NULL) {
-            put(acme, "preferred_chain", json_string(a->preferred_chain), is_failed);
-        }
-        if (a->dns_hook != NULL) {
-            put(acme, "dns_hook", json_string(a->dns_hook), is_failed);
-        }
-        put(acme, "order_timeout", duration_json(a->order_timeout_ms), is_failed);
-        put(acme, "dns_propagation", duration_json(a->dns_propagation_ms), is_failed);
-        put(acme, "orders_per_hour", json_integer(a->orders_per_hour), is_failed);
-        put(tls, "acme", acme, is_failed);
+        put(tls, "acme", dump_acme(s->acme, is_failed), is_failed);
         put(o, "tls", tls, is_failed);
     } else {
         put(o, "tls", json_string("local"), is_failed);

@@ -65,6 +65,12 @@ struct cfg_acme {
     /* dns-01: wait after the hook's present succeeded, before the CA validates */
     uint32_t dns_propagation_ms;
     uint32_t orders_per_hour; /* ceiling of new orders per account and hour */
+    uint32_t retry_first_ms;  /* first wait after a failed order; doubles up to 6 h */
+    /* Other CAs tried in turn when this one keeps failing (tls.acme.fallback).
+     * Each is a whole issuer with its own defaults, never inherited from this
+     * one; their own num_fallbacks is always 0. */
+    struct cfg_acme *fallbacks; /* owned array */
+    size_t num_fallbacks;
 };
 
 struct cfg_site {

@@ -106,6 +106,8 @@ static const char *const acme_keys[] = {
     "order_timeout",
     "dns_propagation",
     "orders_per_hour",
+    "retry_first",
+    "fallback",
 };
 static const char *const eab_keys[] = {"kid", "hmac_key"};
 static const char *const challenge_names[] = {"tls-alpn-01", "http-01", "dns-01"};
@@ -120,6 +122,14 @@ static const char *const key_type_names[] = {"p256", "p384", "rsa2048", "rsa4096
  * then be longer). */
 #define DEFAULT_DNS_PROPAGATION_MS (10u * 1000)
 #define MAX_DNS_PROPAGATION_MS     (10u * 60 * 1000)
+/* First retry after a failed order: a minute keeps a broken setup from
+ * hammering the CA; tests shorten it (down to 1 s). The backoff doubles up
+ * to 6 h, so more than an hour for the first step would make no sense. */
+#define DEFAULT_RETRY_FIRST_MS (60u * 1000)
+#define MAX_RETRY_FIRST_MS     (60u * 60 * 1000)
+/* Fallback CAs per site: more than a few only delays the error an operator
+ * must see. */
+#define MAX_ACME_FALLBACKS 4
 
 #define NUM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -1089,6 +1099,36 @@ static void read_challenges(struct check *k, json_t *obj, struct cfg_acme *a)
     path_pop(k, mark);
 }
 
+static void read_acme_issuer(struct check *k, json_t *v, struct cfg_acme *a, bool is_fallback);
+
+/* read_fallbacks reads tls.acme.fallback: issuers tried in turn after the
+ * first, each with the acme block's keys and its own defaults. */
+static void read_fallbacks(struct check *k, json_t *obj, struct cfg_acme *a)
+{
+    json_t *v = json_object_get(obj, "fallback");
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, "fallback");
+    size_t n = json_array_size(v);
+    if (!json_is_array(v) || n == 0 || n > MAX_ACME_FALLBACKS) {
+        problem_type(k, "an array of 1 to 4 objects {\"ca\": URL, ...}", v);
+    } else if ((a->fallbacks = check_calloc(k, n, sizeof(*a->fallbacks))) != NULL) {
+        a->num_fallbacks = n;
+        for (size_t i = 0; i < n; i++) {
+            size_t m = path_push_index(k, i);
+            json_t *e = json_array_get(v, i);
+            if (!json_is_object(e)) {
+                problem_type(k, "an object {\"ca\": URL, \"email\": ADDRESS, ...}", e);
+            } else {
+                read_acme_issuer(k, e, &a->fallbacks[i], true);
+            }
+            path_pop(k, m);
+        }
+    }
+    path_pop(k, mark);
+}
+
 static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
 {
     json_t *v = json_object_get(tls, "acme");
@@ -1104,6 +1144,15 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
         return;
     }
     s->acme = a;
+    read_acme_issuer(k, v, a, false);
+    path_pop(k, mark);
+}
+
+/* read_acme_issuer reads one issuer object (tls.acme or one of its
+ * fallbacks) into a; at the current path. */
+static void read_acme_issuer(struct check *k, json_t *v, struct cfg_acme *a, bool is_fallback)
+{
+    a->retry_first_ms = DEFAULT_RETRY_FIRST_MS;
     a->order_timeout_ms = DEFAULT_ORDER_TIMEOUT_MS;
     a->dns_propagation_ms = DEFAULT_DNS_PROPAGATION_MS;
     a->orders_per_hour = DEFAULT_ORDERS_PER_HOUR;
@@ -1201,7 +1250,25 @@ static void read_acme(struct check *k, json_t *tls, struct cfg_site *s)
     if (has_dns01 && a->dns_hook == NULL && json_object_get(v, "dns_hook") == NULL) {
         problem(k, "dns-01 needs \"dns_hook\": the program that sets the TXT record");
     }
-    path_pop(k, mark);
+    json_t *rf = json_object_get(v, "retry_first");
+    if (rf != NULL) {
+        size_t m = path_push_key(k, "retry_first");
+        uint64_t ms;
+        if (read_duration(k, rf, CFG_MS_PER_S, MAX_RETRY_FIRST_MS, &ms) == 0) {
+            a->retry_first_ms = (uint32_t)ms;
+        }
+        path_pop(k, m);
+    }
+    if (is_fallback) {
+        if (json_object_get(v, "fallback") != NULL) {
+            size_t m = path_push_key(k, "fallback");
+            problem(k, "a fallback CA cannot have fallbacks of its own (list them all in "
+                       "tls.acme.fallback)");
+            path_pop(k, m);
+        }
+    } else {
+        read_fallbacks(k, v, a);
+    }
 }
 
 static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
@@ -1248,9 +1315,15 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_to(k, v, s);
     read_tls(k, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL) {
-        bool has_dns01 = false;
-        for (size_t i = 0; i < s->acme->num_challenges; i++) {
-            has_dns01 |= s->acme->challenges[i] == CFG_CHALLENGE_DNS01;
+        /* Every issuer may end up ordering, so every one needs dns-01. */
+        bool has_dns01 = true;
+        for (size_t f = 0; f <= s->acme->num_fallbacks; f++) {
+            const struct cfg_acme *a = f == 0 ? s->acme : &s->acme->fallbacks[f - 1];
+            bool has = false;
+            for (size_t i = 0; i < a->num_challenges; i++) {
+                has |= a->challenges[i] == CFG_CHALLENGE_DNS01;
+            }
+            has_dns01 &= has;
         }
         for (size_t i = 0; i < s->num_hosts && !has_dns01; i++) {
             if (s->hosts[i] != NULL && s->hosts[i][0] == '*') {
@@ -1327,34 +1400,74 @@ static bool str_same(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
+/* An issuer of some site, for check_acme_accounts. */
+struct issuer_ref {
+    const struct cfg_acme *a; /* borrowed */
+    size_t site;
+    size_t fallback; /* 0 = tls.acme, n = fallback[n - 1] */
+};
+
+static void issuer_ref_path(char *buf, size_t cap, const struct issuer_ref *r, const char *tail)
+{
+    if (r->fallback == 0) {
+        snprintf(buf, cap, "sites[%zu]%s", r->site, tail);
+    } else {
+        snprintf(buf, cap, "sites[%zu].tls.acme.fallback[%zu]%s", r->site, r->fallback - 1, tail);
+    }
+}
+
 /* check_acme_accounts: a CA account is stored per directory and email, so
- * two sites sharing both must agree on the External Account Binding, or one
- * account would be bound (or not) depending on which site registered first. */
+ * two issuers (of any sites, fallbacks included) sharing both must agree on
+ * the External Account Binding, or one account would be bound (or not)
+ * depending on which registered first. */
 static void check_acme_accounts(struct check *k, const struct cfg *c)
 {
-    for (size_t j = 0; j < c->num_sites; j++) {
-        const struct cfg_acme *b = c->sites[j].acme;
-        if (c->sites[j].tls != CFG_TLS_ACME || b == NULL || b->directory == NULL) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->num_sites; i++) {
+        if (c->sites[i].tls == CFG_TLS_ACME && c->sites[i].acme != NULL) {
+            n += 1 + c->sites[i].acme->num_fallbacks;
+        }
+    }
+    struct issuer_ref *refs = n > 0 ? check_calloc(k, n, sizeof(*refs)) : NULL;
+    if (refs == NULL) {
+        return;
+    }
+    n = 0;
+    for (size_t i = 0; i < c->num_sites; i++) {
+        const struct cfg_acme *a = c->sites[i].acme;
+        if (c->sites[i].tls != CFG_TLS_ACME || a == NULL) {
+            continue;
+        }
+        for (size_t f = 0; f <= a->num_fallbacks; f++) {
+            refs[n++] = (struct issuer_ref){f == 0 ? a : &a->fallbacks[f - 1], i, f};
+        }
+    }
+    for (size_t j = 0; j < n; j++) {
+        const struct cfg_acme *b = refs[j].a;
+        if (b->directory == NULL) {
             continue;
         }
         for (size_t i = 0; i < j; i++) {
-            const struct cfg_acme *a = c->sites[i].acme;
-            if (c->sites[i].tls != CFG_TLS_ACME || a == NULL || a->directory == NULL ||
-                strcmp(a->directory, b->directory) != 0 || !str_same(a->email, b->email)) {
+            const struct cfg_acme *a = refs[i].a;
+            if (a->directory == NULL || strcmp(a->directory, b->directory) != 0 ||
+                !str_same(a->email, b->email)) {
                 continue;
             }
             if (!str_same(a->eab_kid, b->eab_kid) || !str_same(a->eab_hmac_key, b->eab_hmac_key)) {
-                char path[64];
-                snprintf(path, sizeof(path), "sites[%zu].tls.acme.eab", j);
+                char path[96], other[96];
+                issuer_ref_path(path, sizeof(path), &refs[j],
+                                refs[j].fallback == 0 ? ".tls.acme.eab" : ".eab");
+                issuer_ref_path(other, sizeof(other), &refs[i], "");
                 path_set(k, path);
                 problem(k,
-                        "differs from sites[%zu] for the same CA and email (one account per CA "
+                        "differs from %s for the same CA and email (one account per CA "
                         "and email: use the same eab, or another email)",
-                        i);
+                        other);
                 break;
             }
         }
     }
+    free(refs);
     path_set(k, "");
 }
 

@@ -1510,6 +1510,87 @@ TEST(test_acme_sites)
     EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"emial\": "
                                             "\"a@b.test\"}"),
                     "sites[0].tls.acme.emial: unknown key (did you mean \"email\"?)");
+    /* Fallback issuers: whole issuers with their own defaults (not the
+     * primary's), in order; retry_first shortens the first backoff. */
+    c = load("{\"sites\": [" ACME_SITE(
+        "\"a.test\"", "{\"ca\": \"https://one.test/dir\", \"email\": \"o@a.test\", "
+                      "\"challenges\": [\"http-01\"], \"key_type\": \"p384\", "
+                      "\"retry_first\": \"1s\", \"fallback\": [{\"ca\": "
+                      "\"https://two.test/dir\", \"eab\": {\"kid\": \"k\", \"hmac_key\": "
+                      "\"aGk\"}}, {\"ca\": \"https://three.test/dir\", \"email\": "
+                      "\"p@a.test\", \"orders_per_hour\": 3}]}") "]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        const struct cfg_acme *a = c->sites[0].acme;
+        CHECK_EQ_INT(a->retry_first_ms, 1000);
+        CHECK_EQ_INT(a->num_fallbacks, 2);
+        if (a->num_fallbacks == 2) {
+            const struct cfg_acme *f = &a->fallbacks[0];
+            CHECK_STR(f->directory, "https://two.test/dir");
+            CHECK(f->email == NULL);
+            CHECK_STR(f->eab_kid, "k");
+            CHECK_EQ_INT(f->key_type, CFG_KEY_P256);
+            CHECK_EQ_INT(f->num_challenges, 2);
+            CHECK_EQ_INT(f->retry_first_ms, 60000);
+            CHECK_EQ_INT(f->order_timeout_ms, 300000);
+            CHECK_EQ_INT(f->num_fallbacks, 0);
+            CHECK_STR(a->fallbacks[1].directory, "https://three.test/dir");
+            CHECK_STR(a->fallbacks[1].email, "p@a.test");
+            CHECK_EQ_INT(a->fallbacks[1].orders_per_hour, 3);
+        }
+        char *d1 = cfg_dump(c);
+        struct cfg *c2 = d1 ? load(d1) : NULL;
+        char *d2 = c2 ? cfg_dump(c2) : NULL;
+        CHECK(d1 != NULL && d2 != NULL && strcmp(d1, d2) == 0);
+        CHECK(c2 != NULL && c2->sites[0].acme->num_fallbacks == 2);
+        free(d1);
+        free(d2);
+        cfg_unref(c2);
+        cfg_unref(c);
+    }
+    c = load("{\"sites\": [" ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\"}") "]}");
+    CHECK(c != NULL && c->sites[0].acme->retry_first_ms == 60000 &&
+          c->sites[0].acme->num_fallbacks == 0);
+    cfg_unref(c);
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"fallback\": [{\"email\": \"o@a.test\"}]}"),
+                    "sites[0].tls.acme.fallback[0].ca: required key is missing (the CA's "
+                    "directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\")");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", \"fallback\": "
+                                            "[{\"ca\": \"https://b.test/dir\", \"fallback\": "
+                                            "[{\"ca\": \"https://c.test/dir\"}]}]}"),
+                    "sites[0].tls.acme.fallback[0].fallback: a fallback CA cannot have fallbacks "
+                    "of its own (list them all in tls.acme.fallback)");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"fallback\": {\"ca\": \"https://b.test/dir\"}}"),
+                    "sites[0].tls.acme.fallback: expected an array of 1 to 4 objects {\"ca\": "
+                    "URL, ...}, got object");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"fallback\": [{\"ca\": \"https://b.test/dir\", "
+                                            "\"key_type\": \"x\"}]}"),
+                    "sites[0].tls.acme.fallback[0].key_type: must be \"p256\", \"p384\", "
+                    "\"rsa2048\" or \"rsa4096\"");
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"", "{\"ca\": \"https://ca.test/dir\", "
+                                            "\"retry_first\": \"500ms\"}"),
+                    "sites[0].tls.acme.retry_first: \"500ms\" is too short (minimum 1s)");
+    /* One account per CA and email, fallbacks included. */
+    EXPECT_BAD_SITE(ACME_SITE("\"a.test\"",
+                              "{\"ca\": \"https://ca.test/dir\", \"email\": \"o@a.test\", "
+                              "\"fallback\": [{\"ca\": \"https://ca.test/dir\", \"email\": "
+                              "\"o@a.test\", \"eab\": {\"kid\": \"k\", \"hmac_key\": \"aGk\"}}]}"),
+                    "sites[0].tls.acme.fallback[0].eab: differs from sites[0] for the same CA and "
+                    "email (one account per CA and email: use the same eab, or another email)");
+    /* A fallback could order too: a wildcard needs dns-01 from every issuer. */
+    snprintf(json, sizeof(json),
+             "{\"sites\": [" ACME_SITE("\"*.d.test\"",
+                                       "{\"ca\": \"https://ca.test/dir\", \"challenges\": "
+                                       "[\"dns-01\"], \"dns_hook\": \"%s\", \"fallback\": "
+                                       "[{\"ca\": \"https://b.test/dir\"}]}") "]}",
+             hook);
+    expect_bad(json,
+               "sites[0].hosts: wildcard \"*.d.test\" needs the dns-01 challenge "
+               "(tls.acme.challenges)",
+               __LINE__);
 }
 
 HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites),
