@@ -120,6 +120,7 @@ struct mgr_acme {
     const struct cfg_site *next_site;  /* borrowed from next_cfg */
     struct event *timer;               /* owned */
     struct acme_solver_dns01 *dns01;   /* owned: dns-01 hook of the current order, or NULL */
+    char lock_key[200];                /* storage lock held while ordering, "" if none */
 };
 
 struct mgr_acme_set {
@@ -160,12 +161,25 @@ struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store
     return s;
 }
 
+/* Another process sharing the storage orders this name: try again after
+ * this many seconds, adopting what it stored meanwhile. */
+#define ENTRY_LOCK_RETRY_S 5
+
+static void entry_unlock(struct mgr_acme *e)
+{
+    if (e->lock_key[0] != '\0') {
+        acme_storage_unlock(e->set->storage, e->lock_key);
+        e->lock_key[0] = '\0';
+    }
+}
+
 static void entry_free(struct mgr_acme *e)
 {
     if (e == NULL) {
         return;
     }
     acme_order_cancel(e->order);
+    entry_unlock(e);
     acme_ari_fetch_cancel(e->ari);
     acme_solver_dns01_free(e->dns01); /* after the cancel: it withdraws through it */
     if (e->timer != NULL) {
@@ -662,6 +676,7 @@ static void entry_on_order_done(const struct acme_order_result *res,
 {
     struct mgr_acme *e = arg;
     e->order = NULL;
+    entry_unlock(e);
     char why[1024];
     if (res == NULL) {
         if (prob != NULL && prob->type[0] != '\0') {
@@ -747,6 +762,54 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         evtimer_add(e->timer, &tv);
         return;
     }
+    /* Processes sharing a data directory (or, later, a Redis storage) order a
+     * name once: the others wait and adopt what the holder stores. The lock
+     * outlives a crashed holder by at most the order timeout plus a minute. */
+    char key[sizeof(e->lock_key)];
+    char issuer_id[96];
+    acme_issuer_storage_id(issuer_id, sizeof(issuer_id), a->directory);
+    snprintf(key, sizeof(key), "order-%s-%s", issuer_id,
+             e->site->hosts[0][0] == '*' ? e->site->hosts[0] + 2 : e->site->hosts[0]);
+    for (char *q = key; *q != '\0'; q++) {
+        if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '.' || *q == '_')) {
+            *q = '-'; /* IPv6 colons and the like */
+        }
+    }
+    struct dm_err lerr = {0};
+    int l = acme_storage_lock(e->set->storage, key, a->order_timeout_ms / 1000 + 60, &lerr);
+    /* Whether we wait or hold the lock, another process may have stored a
+     * newer certificate meanwhile: adopt it instead of ordering. */
+    struct acme_cert *before = e->cert;
+    if (l >= 0) {
+        entry_load_stored(e);
+    }
+    if (l >= 0 && e->cert != before && e->cert != NULL && !entry_is_due(e, now)) {
+        if (l == 0) {
+            acme_storage_unlock(e->set->storage, key);
+        }
+        for (size_t i = 0; i < e->site->num_hosts; i++) {
+            acme_store_put(e->set->store, e->site->hosts[i], e->cert, false);
+        }
+        dm_log(DM_LOG_INFO, "acme",
+               "certificate for %s adopted from storage (ordered by another process)",
+               e->site->hosts[0]);
+        entry_schedule(e);
+        return;
+    }
+    if (l == 1) {
+        dm_log(DM_LOG_INFO, "acme",
+               "another process is ordering a certificate for %s; checking again in %ds",
+               e->site->hosts[0], ENTRY_LOCK_RETRY_S);
+        struct timeval tv = {.tv_sec = ENTRY_LOCK_RETRY_S};
+        evtimer_add(e->timer, &tv);
+        return;
+    }
+    if (l < 0) {
+        dm_log(DM_LOG_WARN, "acme", "%s: ordering without the storage lock: %s", e->site->hosts[0],
+               lerr.msg);
+    } else {
+        snprintf(e->lock_key, sizeof(e->lock_key), "%s", key);
+    }
     struct acme_solver solvers[3];
     size_t num_solvers = 0;
     for (size_t i = 0; i < a->num_challenges; i++) {
@@ -764,6 +827,7 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
             e->dns01 =
                 acme_solver_dns01_new(e->set->base, a->dns_hook, a->dns_propagation_ms, &derr);
             if (e->dns01 == NULL) {
+                entry_unlock(e);
                 entry_fail(e, derr.msg);
                 return;
             }
@@ -777,6 +841,7 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         }
     }
     if (num_solvers == 0) {
+        entry_unlock(e);
         entry_fail(e, "none of the configured challenges can be solved");
         return;
     }
@@ -805,6 +870,7 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         issuer_note_order(issuer, now);
     }
     if (e->order == NULL) {
+        entry_unlock(e);
         entry_fail(e, err.msg);
     }
 }

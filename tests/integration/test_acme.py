@@ -107,6 +107,46 @@ class AcmeTest(dmtest.DmTestCase):
                               r"\S*connection\S*: .*fail\.example\.test")
         self.assertTrue(d.proc.alive())
 
+    def test_two_processes_sharing_storage_order_once(self):
+        env = self.new_env()
+        https_port, http_port = dmtest.free_port(), dmtest.free_port()
+        pebble = Pebble(env, http_port=http_port, tls_port=https_port)
+        backend = env.backend("app")
+        data_dir = env.new_dir()
+        site = acme_site("shared.example.test", backend, pebble, ["tls-alpn-01"])
+        site["tls"]["acme"]["retry_first"] = "1s"
+        # A lock left by a process that crashed mid-order (expiring in 3 s): the first process
+        # waits for it instead of ordering, then takes it over.
+        locks = os.path.join(data_dir, "certificates", ".locks")
+        os.makedirs(locks)
+        with open(os.path.join(locks, f"order-acme-127_0_0_1-{pebble.port}-shared.example.test"
+                               ".lock"), "w") as f:
+            f.write(f"{int(time.time()) + 3} 1\n")
+        a = env.doorman_run(dmtest.base_config(data_dir, https_port, [site], http_port=http_port,
+                                               log={"level": "debug"}), name="doorman-a")
+        dmtest.wait_until(lambda: "another process is ordering a certificate for shared" in
+                          a.proc.stderr(), 20, interval=0.02, what="first process waiting")
+        self.assertNotIn("ordering a certificate for shared.example.test from", a.proc.stderr())
+        dmtest.wait_until(lambda: "ordering a certificate for shared.example.test from" in
+                          a.proc.stderr(), 20,
+                          interval=0.05, what="first process ordering after the lock expired")
+        # The second process shares the data directory but not the validation ports: it must
+        # wait for the first one's order and adopt the stored certificate.
+        b = env.doorman_run(dmtest.base_config(data_dir, dmtest.free_port(), [site],
+                                               http_port=dmtest.free_port(),
+                                               log={"level": "debug"}), name="doorman-b")
+        self.wait_issued(a, "shared.example.test")
+        # b either found the lock held and adopted what a stored, or started after a had
+        # stored it: either way it serves a's certificate without ordering.
+        def b_serves():
+            curl = dmtest.require_tool("curl", "curl")
+            r = dmtest.run([curl, "-sS", "--cacert", pebble.root_file(), "--resolve",
+                            f"shared.example.test:{b.https_port}:127.0.0.1",
+                            f"https://shared.example.test:{b.https_port}/hello"], timeout=10)
+            return r.returncode == 0 and dmtest.text(r.stdout) == "hello from app\n"
+        dmtest.wait_until(b_serves, 30, interval=0.2, what="second process serving")
+        self.assertNotIn("ordering a certificate for shared.example.test from", b.proc.stderr())
+
     def test_quick_command_with_ca_flags(self):
         env = self.new_env()
         https_port, http_port = dmtest.free_port(), dmtest.free_port()
