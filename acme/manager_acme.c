@@ -643,6 +643,35 @@ static enum acme_cert_key_type key_type_of(enum cfg_key_type k)
  * issuer's retry_first doubling to 6 h over all consecutive failures (a
  * switch of issuer does not reset it: every CA tried is spared), and after
  * ISSUER_SWITCH_AFTER failures in a row the next issuer. */
+/* entry_record_error writes why as last_error into the served certificate's
+ * meta.json, so `doorman certificates` (and a later admin API) shows it
+ * across restarts. Small synchronous writes, as the filesystem backend does. */
+static void entry_record_error(struct mgr_acme *e, const char *why)
+{
+    if (e->cert == NULL) {
+        return;
+    }
+    char issuer_id[96];
+    acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cert_issuer)->directory);
+    char *chain = NULL, *key = NULL;
+    struct acme_storage_meta meta = {0};
+    struct dm_err err = {0};
+    if (acme_storage_get(e->set->storage, issuer_id, e->site->hosts[0], &chain, &key, &meta,
+                         &err) == 0) {
+        free(meta.last_error);
+        meta.last_error = strdup(why);
+        if (meta.last_error == NULL ||
+            acme_storage_put(e->set->storage, issuer_id, e->site->hosts[0], chain, key, &meta,
+                             &err) != 0) {
+            dm_log(DM_LOG_DEBUG, "acme", "%s: last error not stored: %s", e->site->hosts[0],
+                   err.msg);
+        }
+    }
+    free(chain);
+    acme_pem_free_secret(key);
+    acme_storage_meta_cleanup(&meta);
+}
+
 static void entry_fail(struct mgr_acme *e, const char *why)
 {
     const struct cfg_acme *a = entry_acme(e, e->cur);
@@ -657,6 +686,7 @@ static void entry_fail(struct mgr_acme *e, const char *why)
     }
     e->renew_at = dm_time_now() + backoff;
     snprintf(e->last_error, sizeof(e->last_error), "%s", why);
+    entry_record_error(e, why);
     dm_log(DM_LOG_WARN, "acme", "order for %s failed (attempt %u), retrying in %llds%s: %s ca=%s",
            e->site->hosts[0], e->failures, (long long)backoff,
            e->cert != NULL ? ", the current certificate keeps serving" : "", why, a->directory);

@@ -235,6 +235,40 @@ static void issue_then_restart(struct env *e, char *out_id, size_t cap)
     fake_ca_knobs(e->ca)->has_ari = true;
 }
 
+static bool renewal_failed(struct env *e)
+{
+    return acme_manager_next_renewal(e->m, HOST) > time(NULL) + 1 &&
+           fake_ca_count(e->ca, "new-order") >= 2;
+}
+
+TEST(test_failed_renewal_keeps_serving_and_records_error)
+{
+    struct env e;
+    char first_id[ACME_ARI_CERT_ID_MAX];
+    issue_then_restart(&e, first_id, sizeof(first_id));
+    struct dm_err err = {0};
+    time_t now = time(NULL);
+    script_window(&e, now - 30 * DAY, now + 60); /* renew now */
+    fake_ca_knobs(e.ca)->is_validation_failing = true;
+    CHECK_EQ_INT(acme_manager_apply(e.m, &e.cfg, &err), 0);
+    CHECK(wait_for(&e, renewal_failed, 30000));
+    /* The old certificate still serves, and the failure is stored beside it. */
+    struct acme_cert *c = acme_store_get(e.store, HOST, strlen(HOST));
+    CHECK(c != NULL);
+    acme_cert_unref(c);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    CHECK_EQ_INT(acme_certificates_report(e.dir, f, &err), 0);
+    fclose(f);
+    CHECK(out != NULL && strstr(out, HOST) != NULL && strstr(out, "incorrectResponse") != NULL);
+    if (out == NULL || strstr(out, "incorrectResponse") == NULL) {
+        fprintf(stderr, "report:\n%s\n", out ? out : "(null)");
+    }
+    free(out);
+    env_cleanup(&e);
+}
+
 TEST(test_window_open_renews_with_replaces)
 {
     struct env e;
@@ -396,7 +430,8 @@ TEST(test_fallback_issuer_after_two_failures)
     env_cleanup(&e);
 }
 
-HARNESS_MAIN(T(test_window_in_future_moves_renewal), T(test_window_open_renews_with_replaces),
+HARNESS_MAIN(T(test_failed_renewal_keeps_serving_and_records_error),
+             T(test_window_in_future_moves_renewal), T(test_window_open_renews_with_replaces),
              T(test_window_over_renews_without_replaces),
              T(test_fresh_certificate_not_replaced_at_once), T(test_refused_replaces_still_renews),
              T(test_no_ari_keeps_lifetime_rule), T(test_ari_failure_keeps_lifetime_rule),
