@@ -18,8 +18,11 @@
 #include <jansson.h>
 
 #include "acme/account.h"
+#include "acme/cert_int.h"
 #include "acme/client.h"
 #include "acme/jws.h"
+#include "acme/manager_acme.h"
+#include "acme/storage.h"
 #include "config/config.h"
 #include "proxy/core/err.h"
 #include "proxy/core/file.h"
@@ -49,6 +52,29 @@ int acme_cmd_init(struct acme_cmd *c, const struct cfg *cfg, const char *name, s
         return -1;
     }
     c->acme = c->site->acme;
+    /* A certificate may come from a fallback CA: commands about the stored
+     * certificate (revoke) go to the CA that issued the newest one. */
+    if (c->acme->num_fallbacks > 0) {
+        struct acme_storage *st = acme_storage_fs_new(cfg->data_dir, NULL);
+        time_t best = 0;
+        for (size_t i = 0; st != NULL && i <= c->acme->num_fallbacks; i++) {
+            const struct cfg_acme *a = i == 0 ? c->site->acme : &c->site->acme->fallbacks[i - 1];
+            char issuer_id[96];
+            acme_issuer_storage_id(issuer_id, sizeof(issuer_id), a->directory);
+            char *chain = NULL, *key = NULL;
+            struct acme_storage_meta meta = {0};
+            if (acme_storage_get(st, issuer_id, c->site->hosts[0], &chain, &key, &meta, NULL) ==
+                    0 &&
+                meta.not_after > best) {
+                best = meta.not_after;
+                c->acme = a;
+            }
+            free(chain);
+            acme_pem_free_secret(key);
+            acme_storage_meta_cleanup(&meta);
+        }
+        acme_storage_free(st);
+    }
     c->base = event_base_new();
     if (c->base == NULL) {
         dm_err_set(err, DM_E_NOMEM, "out of memory");

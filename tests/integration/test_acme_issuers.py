@@ -5,6 +5,7 @@ switches to the second, whose certificate is then served (verified against the s
 Pebble's root only). A restart serves the certificate stored under the second CA without a
 new order, and a name the first CA accepts still comes from the first."""
 
+import json
 import os
 import re
 import sys
@@ -87,6 +88,14 @@ class AcmeIssuersTest(dmtest.DmTestCase):
         self.assertEqual(r.returncode, 0, dmtest.text(r.stderr))
         time.sleep(0.5)
         self.assertNotIn("ordering a certificate", d2.proc.stderr())
+        # doorman revoke finds the certificate under the CA that issued it (the fallback).
+        r = dmtest.run([dmtest.doorman_bin(), "revoke", "--config", d2.config_path, "--name",
+                        BLOCKED, "--reason", "4"], timeout=60)
+        self.assertEqual(r.returncode, 0, dmtest.text(r.stderr))
+        m = re.search(r"serial ([0-9a-f]+)", dmtest.text(r.stdout))
+        self.assertIsNotNone(m, dmtest.text(r.stdout))
+        status = json.loads(second.mgmt(f"/cert-status-by-serial/{m.group(1)}"))
+        self.assertEqual((status["Status"], status["Reason"]), ("Revoked", 4), status)
 
 
 if __name__ == "__main__":
