@@ -138,7 +138,7 @@ static bool names_same_set(char *const *a, size_t num_a, char *const *b, size_t 
  * with a third of its lifetime left, minus a random jitter of up to 1% of it
  * so certificates issued together do not all renew in the same second. start
  * is notBefore without the local CA's backdating. */
-static time_t renew_time(time_t start, time_t not_after)
+time_t acme_renew_time(time_t start, time_t not_after)
 {
     time_t life = not_after - start;
     if (life <= 0) {
@@ -157,7 +157,7 @@ static time_t local_renew_time(const struct acme_cert *c)
 {
     time_t start = acme_cert_not_before(c) + ACME_LOCAL_BACKDATE_S;
     time_t not_after = acme_cert_not_after(c);
-    return renew_time(start < not_after ? start : acme_cert_not_before(c), not_after);
+    return acme_renew_time(start < not_after ? start : acme_cert_not_before(c), not_after);
 }
 
 struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_err *err)

@@ -17,7 +17,6 @@
 
 #include <event2/event.h>
 #include <openssl/pool.h>
-#include <openssl/rand.h>
 
 #include "acme/account.h"
 #include "acme/ari.h"
@@ -271,21 +270,6 @@ static struct mgr_issuer *issuer_get(struct mgr_acme_set *s, const struct cfg_ac
     return i;
 }
 
-/* renew_at_for: a third of the lifetime left, minus up to 1% of it as jitter
- * so certificates issued together do not renew in the same second. No fixed
- * number of days: 6-day and 90-day certificates follow the same rule. */
-static time_t renew_at_for(time_t not_before, time_t not_after)
-{
-    time_t life = not_after - not_before;
-    if (life <= 0) {
-        return not_after;
-    }
-    uint32_t r = 0;
-    RAND_bytes((uint8_t *)&r, sizeof(r));
-    time_t jitter = life / 100 > 0 ? (time_t)(r % (uint32_t)(life / 100 + 1)) : 0;
-    return not_before + life - life / 3 - jitter;
-}
-
 static bool cert_covers_site(const struct acme_cert *c, const struct cfg_site *site)
 {
     for (size_t i = 0; i < site->num_hosts; i++) {
@@ -307,7 +291,7 @@ static void entry_adopt(struct mgr_acme *e, struct acme_cert *c, size_t issuer, 
     e->cert_issuer = issuer;
     e->issued_at = 0;
     e->renew_at = renew_at;
-    e->lifetime_renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    e->lifetime_renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
     acme_ari_fetch_cancel(e->ari);
     e->ari = NULL;
     e->ari_start = e->ari_end = 0;
@@ -358,7 +342,7 @@ static struct acme_cert *entry_load_one(struct mgr_acme *e, size_t i, time_t *ou
     }
     *out_renew_at = meta.renew_after;
     if (*out_renew_at < acme_cert_not_before(c) || *out_renew_at > acme_cert_not_after(c)) {
-        *out_renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+        *out_renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
     }
     snprintf(last_error, cap, "%s", meta.last_error != NULL ? meta.last_error : "");
 out:
@@ -725,7 +709,7 @@ static void entry_on_order_done(const struct acme_order_result *res,
         entry_fail(e, why);
         return;
     }
-    time_t renew_at = renew_at_for(acme_cert_not_before(c), acme_cert_not_after(c));
+    time_t renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
     char issuer_id[96];
     acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cur)->directory);
     struct acme_storage_meta meta = {.names = e->site->hosts,

@@ -19,6 +19,13 @@ struct mgr_acme_set;
  * "acme-" + its host and port reduced to [a-z0-9_-] (acme-127_0_0_1-14000). */
 void acme_issuer_storage_id(char *buf, size_t cap, const char *url);
 
+/* acme_renew_time is the renewal rule for a certificate valid over [start,
+ * not_after]: a third of its lifetime left, minus a random jitter of up to 1%
+ * of it so certificates issued together do not renew in the same second. No
+ * fixed number of days: 6-day and 90-day certificates follow the same rule.
+ * Shared by the local CA and ACME sites (manager.c). */
+time_t acme_renew_time(time_t start, time_t not_after);
+
 /* mgr_acme_set_new returns the ACME side of a manager; base may be NULL
  * (one-shot commands: stored certificates are served, nothing is ordered). */
 struct mgr_acme_set *mgr_acme_set_new(struct event_base *base, struct acme_store *store,

@@ -6,27 +6,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/core/str.h"
 #include "proxy/core/time.h"
 #include "proxy/proxy_int.h"
-
-/* json_str appends s as a JSON string body, escaping what JSON requires. */
-static size_t json_str(char *out, size_t cap, const char *s)
-{
-    size_t n = 0;
-    for (; *s != '\0' && n + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[n++] = '\\';
-            out[n++] = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
-        } else {
-            out[n++] = (char)ch;
-        }
-    }
-    out[n] = '\0';
-    return n;
-}
 
 void dm_access_log(const struct dm_conn *c)
 {
@@ -48,9 +30,9 @@ void dm_access_log(const struct dm_conn *c)
     int n;
     if (dm_proxy_g.access_json) {
         char m[64], h[600], p[1100];
-        json_str(m, sizeof(m), c->method);
-        json_str(h, sizeof(h), c->host);
-        json_str(p, sizeof(p), c->path);
+        dm_str_json_escape(m, sizeof(m), c->method);
+        dm_str_json_escape(h, sizeof(h), c->host);
+        dm_str_json_escape(p, sizeof(p), c->path);
         n = snprintf(line, sizeof(line),
                      "{\"ts\":\"%s\",\"conn\":%llu,\"client\":\"%s\",\"tls\":%s,\"method\":\"%s\","
                      "\"host\":\"%s\",\"path\":\"%s\",\"proto\":\"%s\",\"status\":%d,"

@@ -2,6 +2,8 @@
  * single write(2) so lines from several workers never interleave. */
 #include "proxy/core/log.h"
 
+#include "proxy/core/str.h"
+
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -39,25 +41,6 @@ bool dm_log_enabled(enum dm_log_level level)
     return (int)level <= atomic_load_explicit(&log_threshold, memory_order_relaxed);
 }
 
-/* json_escape appends s to out as the body of a JSON string. */
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-    size_t n = 0;
-    for (; *s != '\0' && n + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[n++] = '\\';
-            out[n++] = (char)c;
-        } else if (c < 0x20) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-        } else {
-            out[n++] = (char)c;
-        }
-    }
-    out[n] = '\0';
-    return n;
-}
-
 void dm_log(enum dm_log_level level, const char *subsys, const char *fmt, ...)
 {
     if (!dm_log_enabled(level)) {
@@ -82,7 +65,7 @@ void dm_log(enum dm_log_level level, const char *subsys, const char *fmt, ...)
     int n;
     if (atomic_load(&log_is_json)) {
         char esc[4096];
-        json_escape(esc, sizeof(esc), msg);
+        dm_str_json_escape(esc, sizeof(esc), msg);
         n = snprintf(line, sizeof(line),
                      "{\"ts\":\"%s\",\"level\":\"%s\",\"sub\":\"%s\",\"msg\":\"%s\"}\n", ts,
                      level_names[level], subsys, esc);

@@ -1,6 +1,7 @@
 /* Byte-string helpers; see str.h. */
 #include "proxy/core/str.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,4 +48,25 @@ char *dm_strdup_n(const char *s, size_t len)
         p[len] = '\0';
     }
     return p;
+}
+
+size_t dm_str_json_escape(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    if (cap == 0) {
+        return 0;
+    }
+    for (; *s != '\0' && n + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n] = '\0';
+    return n;
 }

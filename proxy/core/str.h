@@ -19,4 +19,9 @@ int dm_str_lower(char *dst, size_t dst_cap, const char *src, size_t src_len);
 /* dm_strdup_n returns a new NUL-terminated copy of s[0..len) or NULL. */
 char *dm_strdup_n(const char *s, size_t len);
 
+/* dm_str_json_escape writes s into out as the body of a JSON string (quotes,
+ * backslashes and control characters escaped), cut to fit cap; returns the
+ * length written. For log lines. */
+size_t dm_str_json_escape(char *out, size_t cap, const char *s);
+
 #endif
