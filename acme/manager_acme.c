@@ -690,7 +690,6 @@ static void entry_on_order_done(const struct acme_order_result *res,
 {
     struct mgr_acme *e = arg;
     e->order = NULL;
-    entry_unlock(e);
     char why[1024];
     if (res == NULL) {
         if (prob != NULL && prob->type[0] != '\0') {
@@ -698,6 +697,7 @@ static void entry_on_order_done(const struct acme_order_result *res,
         } else {
             snprintf(why, sizeof(why), "%.900s", err != NULL ? err->msg : "failed");
         }
+        entry_unlock(e);
         entry_fail(e, why);
         return;
     }
@@ -706,6 +706,7 @@ static void entry_on_order_done(const struct acme_order_result *res,
         acme_cert_from_pem(res->chain_pem, res->chain_len, res->key_pem, res->key_len, NULL, &e2);
     if (c == NULL) {
         snprintf(why, sizeof(why), "issued certificate unusable: %.900s", e2.msg);
+        entry_unlock(e);
         entry_fail(e, why);
         return;
     }
@@ -724,6 +725,9 @@ static void entry_on_order_done(const struct acme_order_result *res,
         dm_log(DM_LOG_ERROR, "acme", "certificate for %s issued but not stored: %s",
                e->site->hosts[0], e2.msg);
     }
+    /* Only now: a process waiting for the lock must find the certificate
+     * stored when it gets the lock, or it orders the name a second time. */
+    entry_unlock(e);
     for (size_t i = 0; i < e->site->num_hosts; i++) {
         if (acme_store_put(e->set->store, e->site->hosts[i], c, false) != 0) {
             dm_log(DM_LOG_ERROR, "acme", "%s: out of memory publishing the certificate",
