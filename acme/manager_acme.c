@@ -120,6 +120,18 @@ struct mgr_acme {
     struct event *timer;               /* owned */
     struct acme_solver_dns01 *dns01;   /* owned: dns-01 hook of the current order, or NULL */
     char lock_key[200];                /* storage lock held while ordering, "" if none */
+    /* The order's storage steps (lock, reload what is stored, store the
+     * result), one at a time: */
+    struct acme_storage_op *sop; /* in flight, or NULL */
+    char want_lock[200];         /* the lock sop asks for */
+    int lock_rc;                 /* its answer: 0 held, 1 another holder, -1 no lock */
+    size_t load_i;               /* issuer whose stored certificate sop reads */
+    unsigned adopted;            /* counts entry_adopt calls: "did a load find one?" */
+    unsigned adopted_before;
+    /* Rewrites of the served certificate's meta.json (last error, ARI): */
+    struct acme_storage_op *meta_op; /* in flight, or NULL */
+    bool is_meta_dirty;              /* another rewrite is due when it ends */
+    time_t meta_renew_after;         /* renew_after to store; 0 = keep the stored one */
 };
 
 struct mgr_acme_set {
@@ -132,6 +144,9 @@ struct mgr_acme_set {
 };
 
 static void entry_on_timer(evutil_socket_t fd, short what, void *arg);
+static void entry_on_locked(struct acme_storage_reply *r, void *arg);
+static void entry_order(struct mgr_acme *e);
+static void entry_save_meta(struct mgr_acme *e);
 
 /* entry_acme returns the config of issuer i: tls.acme, then its fallbacks. */
 static const struct cfg_acme *entry_acme(const struct mgr_acme *e, size_t i)
@@ -177,6 +192,8 @@ static void entry_free(struct mgr_acme *e)
     if (e == NULL) {
         return;
     }
+    acme_storage_op_cancel(e->sop);
+    acme_storage_op_cancel(e->meta_op);
     acme_order_cancel(e->order);
     entry_unlock(e);
     acme_ari_fetch_cancel(e->ari);
@@ -288,6 +305,8 @@ static void entry_adopt(struct mgr_acme *e, struct acme_cert *c, size_t issuer, 
 {
     acme_cert_unref(e->cert);
     e->cert = c;
+    e->adopted++;
+    e->meta_renew_after = 0;
     e->cert_issuer = issuer;
     e->issued_at = 0;
     e->renew_at = renew_at;
@@ -309,68 +328,93 @@ static void entry_adopt(struct mgr_acme *e, struct acme_cert *c, size_t issuer, 
     e->ari_poll_at = e->ari_id[0] != '\0' ? dm_time_now() : 0;
 }
 
-/* entry_load_one reads what issuer i stored for the site: a certificate that
- * covers the site and has not expired (even when due: renewal starts at
- * once), or NULL. */
-static struct acme_cert *entry_load_one(struct mgr_acme *e, size_t i, time_t *out_renew_at,
-                                        char *last_error, size_t cap)
+/* What a stored certificate's meta.json says beyond the certificate. */
+struct stored_info {
+    time_t renew_at;
+    time_t ari_start, ari_end;
+    char last_error[1024];
+};
+
+/* entry_cert_from_stored turns what issuer i stored (a get's result: rc,
+ * err, chain, key, meta) into a certificate that covers the site and has not
+ * expired (even when due: renewal starts at once), or NULL. */
+static struct acme_cert *entry_cert_from_stored(struct mgr_acme *e, size_t i, int rc,
+                                                const struct dm_err *gerr, const char *chain,
+                                                const char *key,
+                                                const struct acme_storage_meta *meta,
+                                                struct stored_info *out)
 {
-    char *chain = NULL, *key = NULL;
-    struct acme_storage_meta meta = {0};
-    struct dm_err err = {0};
-    struct acme_cert *c = NULL;
     char issuer_id[96];
     acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, i)->directory);
-    if (acme_storage_get(e->set->storage, issuer_id, e->site->hosts[0], &chain, &key, &meta,
-                         &err) != 0) {
-        if (err.code != DM_E_NOTFOUND) {
+    if (rc != 0) {
+        if (gerr->code != DM_E_NOTFOUND) {
             dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s unreadable: %s",
-                   e->site->hosts[0], issuer_id, err.msg);
+                   e->site->hosts[0], issuer_id, gerr->msg);
         }
-        goto out;
+        return NULL;
     }
-    c = acme_cert_from_pem(chain, strlen(chain), key, strlen(key), NULL, &err);
+    struct dm_err err = {0};
+    struct acme_cert *c = acme_cert_from_pem(chain, strlen(chain), key, strlen(key), NULL, &err);
     if (c == NULL) {
         dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s invalid, ignored: %s",
                e->site->hosts[0], issuer_id, err.msg);
-        goto out;
+        return NULL;
     }
     if (!cert_covers_site(c, e->site) || acme_cert_not_after(c) <= dm_time_now()) {
         acme_cert_unref(c);
-        c = NULL;
-        goto out;
+        return NULL;
     }
-    *out_renew_at = meta.renew_after;
-    if (*out_renew_at < acme_cert_not_before(c) || *out_renew_at > acme_cert_not_after(c)) {
-        *out_renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
+    out->renew_at = meta->renew_after;
+    if (out->renew_at < acme_cert_not_before(c) || out->renew_at > acme_cert_not_after(c)) {
+        out->renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
     }
-    snprintf(last_error, cap, "%s", meta.last_error != NULL ? meta.last_error : "");
-out:
-    free(chain);
-    acme_pem_free_secret(key);
-    acme_storage_meta_cleanup(&meta);
+    out->ari_start = meta->ari_window_start;
+    out->ari_end = meta->ari_window_end;
+    snprintf(out->last_error, sizeof(out->last_error), "%s",
+             meta->last_error != NULL ? meta->last_error : "");
     return c;
 }
 
-/* entry_load_stored serves the stored certificate: of what the site's
- * issuers stored (a fallback CA may have issued the last one), the valid one
- * that expires last. Nothing stored means an order on commit. */
+/* entry_offer_stored adopts c (reference taken over) if it expires later
+ * than the served certificate: of what the site's issuers stored (a fallback
+ * CA may have issued the last one), the valid one that expires last serves.
+ * The stored renewal window comes back with it, so a restart does not draw a
+ * new renewal time from the same window. */
+static void entry_offer_stored(struct mgr_acme *e, struct acme_cert *c, size_t i,
+                               const struct stored_info *info)
+{
+    if (e->cert != NULL && acme_cert_not_after(c) <= acme_cert_not_after(e->cert)) {
+        acme_cert_unref(c);
+        return;
+    }
+    entry_adopt(e, c, i, info->renew_at);
+    e->ari_start = info->ari_start;
+    e->ari_end = info->ari_end;
+    memcpy(e->last_error, info->last_error, sizeof(e->last_error));
+}
+
+/* entry_load_stored is the synchronous load of config apply (before the
+ * loop serves, or between its turns on a reload). Nothing stored means an
+ * order on commit. */
 static void entry_load_stored(struct mgr_acme *e)
 {
     size_t n = site_num_issuers(e->site);
     for (size_t i = 0; i < n; i++) {
-        time_t renew_at = 0;
-        char last_error[sizeof(e->last_error)];
-        struct acme_cert *c = entry_load_one(e, i, &renew_at, last_error, sizeof(last_error));
-        if (c == NULL) {
-            continue;
+        char issuer_id[96];
+        acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, i)->directory);
+        char *chain = NULL, *key = NULL;
+        struct acme_storage_meta meta = {0};
+        struct dm_err err = {0};
+        int rc = acme_storage_get(e->set->storage, issuer_id, e->site->hosts[0], &chain, &key,
+                                  &meta, &err);
+        struct stored_info info;
+        struct acme_cert *c = entry_cert_from_stored(e, i, rc, &err, chain, key, &meta, &info);
+        if (c != NULL) {
+            entry_offer_stored(e, c, i, &info);
         }
-        if (e->cert != NULL && acme_cert_not_after(c) <= acme_cert_not_after(e->cert)) {
-            acme_cert_unref(c);
-            continue;
-        }
-        entry_adopt(e, c, i, renew_at);
-        memcpy(e->last_error, last_error, sizeof(e->last_error));
+        free(chain);
+        acme_pem_free_secret(key);
+        acme_storage_meta_cleanup(&meta);
     }
 }
 
@@ -458,7 +502,7 @@ static bool entry_is_due(const struct mgr_acme *e, time_t now)
  * poll). */
 static void entry_schedule(struct mgr_acme *e)
 {
-    if (e->timer == NULL || e->order != NULL) {
+    if (e->timer == NULL || e->order != NULL || e->sop != NULL) {
         return;
     }
     time_t now = dm_time_now();
@@ -544,6 +588,8 @@ static void entry_on_ari(const struct acme_ari_info *info, const struct acme_pro
                e->site->hosts[0], dir, (long long)w.window_start, (long long)w.window_end,
                (long long)e->renew_at, info->explanation_url != NULL ? " explanation=" : "",
                info->explanation_url != NULL ? info->explanation_url : "");
+        e->meta_renew_after = e->renew_at;
+        entry_save_meta(e);
     }
     entry_schedule(e);
 }
@@ -627,33 +673,74 @@ static enum acme_cert_key_type key_type_of(enum cfg_key_type k)
  * issuer's retry_first doubling to 6 h over all consecutive failures (a
  * switch of issuer does not reset it: every CA tried is spared), and after
  * ISSUER_SWITCH_AFTER failures in a row the next issuer. */
-/* entry_record_error writes why as last_error into the served certificate's
- * meta.json, so `doorman certificates` (and a later admin API) shows it
- * across restarts. Small synchronous writes, as the filesystem backend does. */
-static void entry_record_error(struct mgr_acme *e, const char *why)
+/* entry_save_meta rewrites the served certificate's meta.json with the last
+ * error and the CA's renewal window, so `doorman certificates` (and the
+ * admin API) show them across restarts: read what is stored, change those
+ * fields, write it back, asynchronously. Only while the stored certificate
+ * is the served one: another process may have stored a newer one. */
+static void entry_on_meta_put(struct acme_storage_reply *r, void *arg);
+
+static void entry_on_meta_got(struct acme_storage_reply *r, void *arg)
 {
-    if (e->cert == NULL) {
+    struct mgr_acme *e = arg;
+    e->meta_op = NULL;
+    if (r->rc != 0 || e->cert == NULL || r->meta.not_after != acme_cert_not_after(e->cert)) {
+        if (r->rc != 0 && r->err.code != DM_E_NOTFOUND) {
+            dm_log(DM_LOG_DEBUG, "acme", "%s: meta.json not updated: %s", e->site->hosts[0],
+                   r->err.msg);
+        }
+        e->is_meta_dirty = false;
         return;
+    }
+    free(r->meta.last_error);
+    r->meta.last_error = e->last_error[0] != '\0' ? strdup(e->last_error) : NULL;
+    r->meta.ari_window_start = e->ari_start;
+    r->meta.ari_window_end = e->ari_end;
+    if (e->meta_renew_after != 0) {
+        r->meta.renew_after = e->meta_renew_after;
     }
     char issuer_id[96];
     acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cert_issuer)->directory);
-    char *chain = NULL, *key = NULL;
-    struct acme_storage_meta meta = {0};
     struct dm_err err = {0};
-    if (acme_storage_get(e->set->storage, issuer_id, e->site->hosts[0], &chain, &key, &meta,
-                         &err) == 0) {
-        free(meta.last_error);
-        meta.last_error = strdup(why);
-        if (meta.last_error == NULL ||
-            acme_storage_put(e->set->storage, issuer_id, e->site->hosts[0], chain, key, &meta,
-                             &err) != 0) {
-            dm_log(DM_LOG_DEBUG, "acme", "%s: last error not stored: %s", e->site->hosts[0],
-                   err.msg);
-        }
+    e->meta_op =
+        acme_storage_put_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
+                               r->cert_pem, r->key_pem, &r->meta, entry_on_meta_put, e, &err);
+    if (e->meta_op == NULL) {
+        dm_log(DM_LOG_DEBUG, "acme", "%s: meta.json not updated: %s", e->site->hosts[0], err.msg);
     }
-    free(chain);
-    acme_pem_free_secret(key);
-    acme_storage_meta_cleanup(&meta);
+}
+
+static void entry_save_meta(struct mgr_acme *e)
+{
+    if (e->cert == NULL || e->set->base == NULL) {
+        return;
+    }
+    if (e->meta_op != NULL) {
+        e->is_meta_dirty = true;
+        return;
+    }
+    e->is_meta_dirty = false;
+    char issuer_id[96];
+    acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cert_issuer)->directory);
+    struct dm_err err = {0};
+    e->meta_op = acme_storage_get_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
+                                        entry_on_meta_got, e, &err);
+    if (e->meta_op == NULL) {
+        dm_log(DM_LOG_DEBUG, "acme", "%s: meta.json not updated: %s", e->site->hosts[0], err.msg);
+    }
+}
+
+static void entry_on_meta_put(struct acme_storage_reply *r, void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->meta_op = NULL;
+    if (r->rc != 0) {
+        dm_log(DM_LOG_DEBUG, "acme", "%s: meta.json not updated: %s", e->site->hosts[0],
+               r->err.msg);
+    }
+    if (e->is_meta_dirty) {
+        entry_save_meta(e);
+    }
 }
 
 static void entry_fail(struct mgr_acme *e, const char *why)
@@ -670,7 +757,7 @@ static void entry_fail(struct mgr_acme *e, const char *why)
     }
     e->renew_at = dm_time_now() + backoff;
     snprintf(e->last_error, sizeof(e->last_error), "%s", why);
-    entry_record_error(e, why);
+    entry_save_meta(e);
     dm_log(DM_LOG_WARN, "acme", "order for %s failed (attempt %u), retrying in %llds%s: %s ca=%s",
            e->site->hosts[0], e->failures, (long long)backoff,
            e->cert != NULL ? ", the current certificate keeps serving" : "", why, a->directory);
@@ -681,6 +768,26 @@ static void entry_fail(struct mgr_acme *e, const char *why)
         e->cur = next;
         e->cur_failures = 0;
     }
+    entry_schedule(e);
+}
+
+static void entry_log_not_stored(const struct mgr_acme *e, const struct dm_err *err)
+{
+    /* Served anyway; the next start orders again rather than loop now. */
+    dm_log(DM_LOG_ERROR, "acme", "certificate for %s issued but not stored: %s", e->site->hosts[0],
+           err->msg);
+}
+
+static void entry_on_stored(struct acme_storage_reply *r, void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->sop = NULL;
+    if (r->rc != 0) {
+        entry_log_not_stored(e, &r->err);
+    }
+    /* Only now: a process waiting for the lock must find the certificate
+     * stored when it gets the lock, or it orders the name a second time. */
+    entry_unlock(e);
     entry_schedule(e);
 }
 
@@ -719,15 +826,16 @@ static void entry_on_order_done(const struct acme_order_result *res,
                                      .not_before = acme_cert_not_before(c),
                                      .not_after = acme_cert_not_after(c),
                                      .renew_after = renew_at};
-    if (acme_storage_put(e->set->storage, issuer_id, e->site->hosts[0], res->chain_pem,
-                         res->key_pem, &meta, &e2) != 0) {
-        /* Serve it anyway; the next start orders again rather than loop now. */
-        dm_log(DM_LOG_ERROR, "acme", "certificate for %s issued but not stored: %s",
-               e->site->hosts[0], e2.msg);
+    /* A meta.json rewrite in flight is about the certificate replaced. */
+    acme_storage_op_cancel(e->meta_op);
+    e->meta_op = NULL;
+    e->is_meta_dirty = false;
+    e->sop = acme_storage_put_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
+                                    res->chain_pem, res->key_pem, &meta, entry_on_stored, e, &e2);
+    if (e->sop == NULL) {
+        entry_log_not_stored(e, &e2);
+        entry_unlock(e);
     }
-    /* Only now: a process waiting for the lock must find the certificate
-     * stored when it gets the lock, or it orders the name a second time. */
-    entry_unlock(e);
     for (size_t i = 0; i < e->site->num_hosts; i++) {
         if (acme_store_put(e->set->store, e->site->hosts[i], c, false) != 0) {
             dm_log(DM_LOG_ERROR, "acme", "%s: out of memory publishing the certificate",
@@ -753,7 +861,7 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct mgr_acme *e = arg;
-    if (e->order != NULL) {
+    if (e->order != NULL || e->sop != NULL) {
         return;
     }
     time_t now = dm_time_now();
@@ -783,27 +891,62 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
     /* Processes sharing a data directory (or, later, a Redis storage) order a
      * name once: the others wait and adopt what the holder stores. The lock
      * outlives a crashed holder by at most the order timeout plus a minute. */
-    char key[sizeof(e->lock_key)];
     char issuer_id[96];
     acme_issuer_storage_id(issuer_id, sizeof(issuer_id), a->directory);
-    snprintf(key, sizeof(key), "order-%s-%s", issuer_id,
+    snprintf(e->want_lock, sizeof(e->want_lock), "order-%s-%s", issuer_id,
              e->site->hosts[0][0] == '*' ? e->site->hosts[0] + 2 : e->site->hosts[0]);
-    for (char *q = key; *q != '\0'; q++) {
+    for (char *q = e->want_lock; *q != '\0'; q++) {
         if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '.' || *q == '_')) {
             *q = '-'; /* IPv6 colons and the like */
         }
     }
     struct dm_err lerr = {0};
-    int l = acme_storage_lock(e->set->storage, key, a->order_timeout_ms / 1000 + 60, &lerr);
+    e->sop = acme_storage_lock_start(e->set->storage, e->set->base, e->want_lock,
+                                     a->order_timeout_ms / 1000 + 60, entry_on_locked, e, &lerr);
+    if (e->sop == NULL) {
+        dm_log(DM_LOG_WARN, "acme", "%s: ordering without the storage lock: %s", e->site->hosts[0],
+               lerr.msg);
+        entry_order(e);
+    }
+}
+
+/* entry_load_next reads what issuer load_i stored, after the lock answered;
+ * entry_on_loaded takes it and moves to the next issuer, then decides. */
+static void entry_load_next(struct mgr_acme *e);
+
+static void entry_on_loaded(struct acme_storage_reply *r, void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->sop = NULL;
+    struct stored_info info;
+    struct acme_cert *c = entry_cert_from_stored(e, e->load_i, r->rc, &r->err, r->cert_pem,
+                                                 r->key_pem, &r->meta, &info);
+    if (c != NULL) {
+        entry_offer_stored(e, c, e->load_i, &info);
+    }
+    e->load_i++;
+    entry_load_next(e);
+}
+
+static void entry_load_next(struct mgr_acme *e)
+{
+    for (; e->load_i < e->num_issuers; e->load_i++) {
+        char issuer_id[96];
+        acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->load_i)->directory);
+        struct dm_err err = {0};
+        e->sop = acme_storage_get_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
+                                        entry_on_loaded, e, &err);
+        if (e->sop != NULL) {
+            return;
+        }
+        dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s unreadable: %s",
+               e->site->hosts[0], issuer_id, err.msg);
+    }
     /* Whether we wait or hold the lock, another process may have stored a
      * newer certificate meanwhile: adopt it instead of ordering. */
-    struct acme_cert *before = e->cert;
-    if (l >= 0) {
-        entry_load_stored(e);
-    }
-    if (l >= 0 && e->cert != before && e->cert != NULL && !entry_is_due(e, now)) {
-        if (l == 0) {
-            acme_storage_unlock(e->set->storage, key);
+    if (e->adopted != e->adopted_before && e->cert != NULL && !entry_is_due(e, dm_time_now())) {
+        if (e->lock_rc == 0) {
+            acme_storage_unlock(e->set->storage, e->want_lock);
         }
         for (size_t i = 0; i < e->site->num_hosts; i++) {
             acme_store_put(e->set->store, e->site->hosts[i], e->cert, false);
@@ -814,7 +957,7 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         entry_schedule(e);
         return;
     }
-    if (l == 1) {
+    if (e->lock_rc == 1) {
         dm_log(DM_LOG_INFO, "acme",
                "another process is ordering a certificate for %s; checking again in %ds",
                e->site->hosts[0], ENTRY_LOCK_RETRY_S);
@@ -822,12 +965,35 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
         evtimer_add(e->timer, &tv);
         return;
     }
-    if (l < 0) {
-        dm_log(DM_LOG_WARN, "acme", "%s: ordering without the storage lock: %s", e->site->hosts[0],
-               lerr.msg);
-    } else {
-        snprintf(e->lock_key, sizeof(e->lock_key), "%s", key);
+    if (e->lock_rc == 0) {
+        snprintf(e->lock_key, sizeof(e->lock_key), "%s", e->want_lock);
     }
+    entry_order(e);
+}
+
+static void entry_on_locked(struct acme_storage_reply *r, void *arg)
+{
+    struct mgr_acme *e = arg;
+    e->sop = NULL;
+    e->lock_rc = r->rc;
+    if (r->rc < 0) {
+        dm_log(DM_LOG_WARN, "acme", "%s: ordering without the storage lock: %s", e->site->hosts[0],
+               r->err.msg);
+        entry_order(e);
+        return;
+    }
+    e->load_i = 0;
+    e->adopted_before = e->adopted;
+    entry_load_next(e);
+}
+
+/* entry_order starts the order itself, with the lock held (or none to be
+ * had) and nothing newer in storage. */
+static void entry_order(struct mgr_acme *e)
+{
+    const struct cfg_acme *a = entry_acme(e, e->cur);
+    struct mgr_issuer *issuer = e->issuers[e->cur];
+    time_t now = dm_time_now();
     struct acme_solver solvers[3];
     size_t num_solvers = 0;
     for (size_t i = 0; i < a->num_challenges; i++) {

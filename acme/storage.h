@@ -1,10 +1,14 @@
 /* Where issued certificates persist: a small key-value interface (issuer,
  * name) -> chain PEM, key PEM, metadata, with a filesystem backend today and
- * room for others (Redis) behind the same ops table. Calls are synchronous for
- * now: the only caller, the manager, runs on the control thread and the
- * filesystem backend does small atomic writes (STYLE §6). When a networked
- * backend arrives, the ops grow _start(..., cb, arg) variants; callers already
- * keep no state across a call, so the change stays local.
+ * room for others (Redis) behind the same ops table.
+ * Two ways in: the asynchronous _start calls, for code on an event loop (the
+ * manager's renewals and on-demand lookups), which call back exactly once and
+ * never before returning; and the synchronous calls, for commands and for
+ * config apply, which run before or between loop turns on the control thread.
+ * A backend implements the synchronous table and, when it talks to a network,
+ * the optional start hook (storage_int.h); without it the generic adapter runs
+ * the synchronous call and defers the callback (STYLE §6: the filesystem's
+ * small writes may be synchronous, its callbacks still deferred).
  * Layout of the filesystem backend: docs/certificates.md. */
 #ifndef DM_ACME_STORAGE_H
 #define DM_ACME_STORAGE_H
@@ -12,7 +16,9 @@
 #include <stddef.h>
 #include <time.h>
 
-struct dm_err;
+#include "proxy/core/err.h"
+
+struct event_base;
 
 /* Metadata stored next to a certificate (meta.json). Times are seconds since
  * the epoch. */
@@ -24,6 +30,10 @@ struct acme_storage_meta {
     time_t not_after;
     time_t renew_after; /* when renewal becomes due (jitter included) */
     char *last_error;   /* owned: last renewal failure, NULL if none */
+    /* The CA's renewal window (ACME ARI, RFC 9773) last seen for this
+     * certificate; both 0 if none. */
+    time_t ari_window_start;
+    time_t ari_window_end;
 };
 
 /* acme_storage_meta_cleanup frees the fields of m (not m) and zeroes it. */
@@ -59,8 +69,13 @@ struct acme_storage_ops {
     void (*free)(struct acme_storage *st);
 };
 
+struct acme_storage_op;
+
 struct acme_storage {
     const struct acme_storage_ops *ops; /* borrowed: static table of the backend */
+    /* Optional: begins op without blocking and calls acme_storage_op_finish
+     * later (storage_int.h). NULL: the generic synchronous adapter. */
+    void (*start)(struct acme_storage *st, struct acme_storage_op *op);
 };
 
 /* acme_storage_fs_new returns the filesystem backend rooted at
@@ -94,5 +109,37 @@ void acme_storage_names_free(char **names, size_t num);
  * name (a certificate name per acme_name_valid) are safe to use as keys; they
  * become path components, so this is what keeps "/" and ".." out. */
 int acme_storage_key_valid(const char *issuer, const char *name, struct dm_err *err);
+
+/* What an asynchronous call produced, valid during its callback. The callback
+ * may take cert_pem, key_pem (a secret: acme_pem_free_secret) and meta's
+ * fields by setting them to NULL/zero; what it leaves is freed after it. */
+struct acme_storage_reply {
+    int rc; /* 0 done; 1 lock held by another holder (lock only); -1 failed: err */
+    struct dm_err err;
+    char *cert_pem;                /* get */
+    char *key_pem;                 /* get */
+    struct acme_storage_meta meta; /* get */
+};
+
+typedef void (*acme_storage_cb)(struct acme_storage_reply *reply, void *arg);
+
+/* The asynchronous calls: same meaning as the synchronous ones, arguments
+ * read before they return. Each returns the call in flight, or NULL with err
+ * (invalid key, out of memory) and then never calls back. cb runs exactly
+ * once, on base's loop, after the call returned, unless cancelled first. */
+struct acme_storage_op *acme_storage_get_start(struct acme_storage *st, struct event_base *base,
+                                               const char *issuer, const char *name,
+                                               acme_storage_cb cb, void *arg, struct dm_err *err);
+struct acme_storage_op *acme_storage_put_start(struct acme_storage *st, struct event_base *base,
+                                               const char *issuer, const char *name,
+                                               const char *cert_pem, const char *key_pem,
+                                               const struct acme_storage_meta *meta,
+                                               acme_storage_cb cb, void *arg, struct dm_err *err);
+struct acme_storage_op *acme_storage_lock_start(struct acme_storage *st, struct event_base *base,
+                                                const char *key, unsigned ttl_s, acme_storage_cb cb,
+                                                void *arg, struct dm_err *err);
+/* acme_storage_op_cancel drops a call in flight: its callback will not run.
+ * A put or lock may still take effect. NULL does nothing. */
+void acme_storage_op_cancel(struct acme_storage_op *op);
 
 #endif

@@ -127,7 +127,15 @@ static json_t *meta_encode(const struct acme_storage_meta *m)
     json_object_set_new(o, "renew_after", json_integer((json_int_t)m->renew_after));
     json_object_set_new(o, "last_error",
                         m->last_error != NULL ? json_string(m->last_error) : json_null());
-    if (json_array_size(names) != m->num_names || json_object_size(o) != 6) {
+    size_t want = 6;
+    if (m->ari_window_end > m->ari_window_start) {
+        json_t *w = json_object();
+        json_object_set_new(o, "ari_window", w);
+        json_object_set_new(w, "start", json_integer((json_int_t)m->ari_window_start));
+        json_object_set_new(w, "end", json_integer((json_int_t)m->ari_window_end));
+        want = json_object_size(w) == 2 ? 7 : 0;
+    }
+    if (json_array_size(names) != m->num_names || json_object_size(o) != want) {
         json_decref(o); /* an allocation failed, or a name was not UTF-8 */
         return NULL;
     }
@@ -191,6 +199,14 @@ static int meta_decode(const char *text, size_t len, const char *path, struct ac
     }
     if (json_is_string(last) && (m->last_error = dup_or_null(json_string_value(last))) == NULL) {
         goto nomem;
+    }
+    /* Optional (absent before ARI support, or with no window): a malformed
+     * one is ignored rather than losing the certificate over advice. */
+    const json_t *w = json_object_get(o, "ari_window");
+    if (json_is_object(w) && (meta_time(w, "start", &m->ari_window_start) != 0 ||
+                              meta_time(w, "end", &m->ari_window_end) != 0 ||
+                              m->ari_window_end <= m->ari_window_start)) {
+        m->ari_window_start = m->ari_window_end = 0;
     }
     json_decref(o);
     return 0;

@@ -16,6 +16,8 @@
 
 #include "acme/acme.h"
 #include "acme/ari.h"
+#include "acme/manager_acme.h"
+#include "acme/storage.h"
 #include "config/config_types.h"
 #include "fake_ca.h"
 #include "fixtures.h"
@@ -192,6 +194,35 @@ static bool renewal_in_window(struct env *e)
     return ari_answered(e) && at >= window_start && at < window_end;
 }
 
+/* stored_meta reads the meta.json stored for HOST (cleaned up by the caller);
+ * 0 if there is one. */
+static int stored_meta(struct env *e, struct acme_storage_meta *out)
+{
+    char issuer[96];
+    acme_issuer_storage_id(issuer, sizeof(issuer), fake_ca_dir_url(e->ca));
+    struct acme_storage *st = acme_storage_fs_new(e->dir, NULL);
+    char *chain = NULL, *key = NULL;
+    int rc = st != NULL ? acme_storage_get(st, issuer, HOST, &chain, &key, out, NULL) : -1;
+    free(chain);
+    free(key);
+    acme_storage_free(st);
+    return rc;
+}
+
+static bool ari_asked_again(struct env *e)
+{
+    return fake_ca_count(e->ca, "renewal-info") >= 2;
+}
+
+static bool window_stored(struct env *e)
+{
+    struct acme_storage_meta m = {0};
+    bool ok = stored_meta(e, &m) == 0 && m.ari_window_start == window_start &&
+              m.ari_window_end == window_end;
+    acme_storage_meta_cleanup(&m);
+    return ok;
+}
+
 TEST(test_window_in_future_moves_renewal)
 {
     struct env e;
@@ -211,6 +242,22 @@ TEST(test_window_in_future_moves_renewal)
     fake_run(e.base, &never, 300);
     CHECK_EQ_INT(fake_ca_count(e.ca, "new-order"), 1);
     CHECK_EQ_INT(fake_ca_count(e.ca, "renewal-info"), 1);
+    CHECK(acme_manager_next_renewal(e.m, HOST) == at);
+    /* The window and the time drawn in it are stored beside the certificate
+     * (asynchronously), so a restart serves the same plan without drawing
+     * again, even before the CA is asked. */
+    CHECK(wait_for(&e, window_stored, 5000));
+    struct acme_storage_meta m = {0};
+    CHECK_EQ_INT(stored_meta(&e, &m), 0);
+    CHECK(m.renew_after == at);
+    acme_storage_meta_cleanup(&m);
+    acme_manager_free(e.m);
+    e.m = acme_manager_new(e.base, e.store, e.dir, &err);
+    CHECK(e.m != NULL);
+    script_window(&e, start, end); /* the CA still suggests the same window */
+    CHECK_EQ_INT(acme_manager_apply(e.m, &e.cfg, &err), 0);
+    CHECK(acme_manager_next_renewal(e.m, HOST) == at);
+    CHECK(wait_for(&e, ari_asked_again, 20000));
     CHECK(acme_manager_next_renewal(e.m, HOST) == at);
     env_cleanup(&e);
 }
@@ -237,8 +284,11 @@ static void issue_then_restart(struct env *e, char *out_id, size_t cap)
 
 static bool renewal_failed(struct env *e)
 {
+    struct acme_storage_meta m = {0};
+    bool is_stored = stored_meta(e, &m) == 0 && m.last_error != NULL;
+    acme_storage_meta_cleanup(&m);
     return acme_manager_next_renewal(e->m, HOST) > time(NULL) + 1 &&
-           fake_ca_count(e->ca, "new-order") >= 2;
+           fake_ca_count(e->ca, "new-order") >= 2 && is_stored;
 }
 
 TEST(test_failed_renewal_keeps_serving_and_records_error)
