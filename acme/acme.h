@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -35,6 +36,11 @@ CRYPTO_BUFFER *const *acme_cert_chain(const struct acme_cert *c, size_t *out_num
 EVP_PKEY *acme_cert_key(const struct acme_cert *c);
 time_t acme_cert_not_before(const struct acme_cert *c);
 time_t acme_cert_not_after(const struct acme_cert *c);
+
+/* acme_cert_touch records that a handshake served c now; acme_cert_last_used
+ * reads it (creation counts as a use). Any thread. */
+void acme_cert_touch(struct acme_cert *c);
+time_t acme_cert_last_used(const struct acme_cert *c);
 
 /* acme_cert_covers tells whether the leaf's SANs cover name (exact or wildcard). */
 bool acme_cert_covers(const struct acme_cert *c, const char *name);
@@ -170,5 +176,37 @@ int acme_account_deactivate_run(const struct cfg *cfg, const char *name, char *o
  * not-after, next renewal, last error) to out, one certificate per line.
  * Read-only; for `doorman certificates`. */
 int acme_certificates_report(const char *data_dir, FILE *out, struct dm_err *err);
+
+/* On-demand TLS (acme/ondemand.c): certificates for names nobody listed,
+ * ordered during their first handshake when an on-demand site's policy
+ * permits. The data plane asks from its select-certificate callback after a
+ * store miss; the work runs on the manager's (control) loop. */
+struct acme_ondemand;
+struct cfg_site;
+
+enum acme_od_answer {
+    ACME_OD_WAIT = 0, /* being looked up or ordered: retry when woken */
+    ACME_OD_REFUSED,  /* not permitted, or failed recently: fail the handshake */
+};
+
+/* acme_manager_ondemand returns the manager's on-demand service, or NULL
+ * when the manager has no loop (one-shot commands). */
+struct acme_ondemand *acme_manager_ondemand(struct acme_manager *m);
+
+/* acme_ondemand_set_wake registers fn(arg), called from the control thread
+ * (coalesced, at most once per loop turn) whenever waiting handshakes should
+ * retry: a certificate arrived, or a name was refused or failed. */
+void acme_ondemand_set_wake(struct acme_ondemand *od, void (*fn)(void *arg), void *arg);
+
+/* acme_ondemand_request: name (lower-case SNI) has no certificate in the
+ * store and site (borrowed, of the caller's config generation; only read
+ * during the call) is the on-demand site routing it. Any thread; never
+ * blocks beyond a short mutex. *why gets a static reason on REFUSED. */
+enum acme_od_answer acme_ondemand_request(struct acme_ondemand *od, const struct cfg_site *site,
+                                          const char *name, const char **why);
+
+/* acme_ondemand_note_wait records a handshake that waited ms for an on-demand
+ * certificate (got: it was served one) for the periodic summary. Any thread. */
+void acme_ondemand_note_wait(struct acme_ondemand *od, uint32_t ms, bool got);
 
 #endif

@@ -41,6 +41,9 @@ struct acme_cert {
                      kept), then IP addresses as inet_ntop text */
     size_t num_dns;
     size_t num_names;
+    /* Last handshake that served it, seconds since the epoch (relaxed: an
+     * eviction and renewal hint, not an exact record). */
+    _Atomic int64_t last_used;
 };
 
 /* acme_cert_new_x509 builds a certificate from parsed certificates (leaf

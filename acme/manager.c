@@ -21,6 +21,7 @@
 #include "acme/issuer_local_int.h"
 #include "acme/manager_acme.h"
 #include "acme/manager_int.h"
+#include "acme/ondemand_int.h"
 #include "acme/storage.h"
 #include "config/config_types.h"
 #include "proxy/core/err.h"
@@ -58,6 +59,7 @@ struct acme_manager {
     size_t num_served;
     int fail_issues;           /* test hook: fail this many issues */
     struct mgr_acme_set *acme; /* owned: the ACME sites */
+    struct acme_ondemand *od;  /* owned: on-demand names; NULL without base */
 };
 
 /* err_prefix rewrites err's message as "<prefix>: <message>". */
@@ -512,7 +514,8 @@ struct acme_manager *acme_manager_new(struct event_base *base, struct acme_store
         acme_manager_free(m);
         return NULL;
     }
-    if ((m->acme = mgr_acme_set_new(base, store, m->storage, data_dir)) == NULL) {
+    if ((m->acme = mgr_acme_set_new(base, store, m->storage, data_dir)) == NULL ||
+        (base != NULL && (m->od = acme_ondemand_new(base, store, m->acme)) == NULL)) {
         acme_manager_free(m);
         dm_err_set(err, DM_E_NOMEM, "out of memory");
         return NULL;
@@ -525,6 +528,7 @@ void acme_manager_free(struct acme_manager *m)
     if (m == NULL) {
         return;
     }
+    acme_ondemand_free(m->od); /* its entries belong to the set */
     mgr_acme_set_free(m->acme);
     locals_free(m->locals);
     names_free(m->served, m->num_served);
@@ -561,8 +565,8 @@ static int apply_prepare(struct acme_manager *m, const struct cfg *cfg, struct a
     struct mgr_local **tail = out_fresh;
     for (size_t i = 0; i < cfg->num_sites; i++) {
         const struct cfg_site *site = &cfg->sites[i];
-        if (site->num_hosts == 0) {
-            continue;
+        if (site->num_hosts == 0 || site->on_demand != NULL) {
+            continue; /* on-demand hosts are patterns: names come from handshakes */
         }
         if (site->tls == CFG_TLS_FILES) {
             if ((certs[i] = files_load(site, err)) == NULL) {
@@ -666,6 +670,9 @@ int acme_manager_apply(struct acme_manager *m, const struct cfg *cfg, struct dm_
     }
     mgr_acme_commit(m->acme, acme_fresh);
     acme_fresh = NULL;
+    if (m->od != NULL) {
+        acme_ondemand_set_config(m->od, (struct cfg *)cfg);
+    }
     rc = 0;
 out:
     if (acme_fresh != NULL) {
@@ -724,4 +731,9 @@ int acme_manager_renew_now(struct acme_manager *m, const char *name)
     }
     local_renew(l);
     return 0;
+}
+
+struct acme_ondemand *acme_manager_ondemand(struct acme_manager *m)
+{
+    return m->od;
 }

@@ -50,6 +50,10 @@
  * orders_per_hour. A real revocation still renews within the hour. */
 #define ARI_MIN_CERT_AGE_S 3600
 
+/* An on-demand certificate not used in a handshake for this long is not
+ * renewed: its customer has probably left. */
+#define OD_UNUSED_S (30 * 24 * 3600)
+
 /* The primary issuer and its fallbacks (config caps fallbacks at 4). */
 #define ENTRY_MAX_ISSUERS 8
 
@@ -132,6 +136,13 @@ struct mgr_acme {
     struct acme_storage_op *meta_op; /* in flight, or NULL */
     bool is_meta_dirty;              /* another rewrite is due when it ends */
     time_t meta_renew_after;         /* renew_after to store; 0 = keep the stored one */
+    /* On-demand entries only (mgr_acme_od_new): */
+    const struct mgr_acme_od_hooks *od; /* NULL for config sites */
+    void *od_arg;
+    bool is_od_probing;       /* the storage probe runs (no lock, no order after it) */
+    bool is_od_ordered;       /* permitted: timers may order */
+    struct cfg_site *od_site; /* owned: the site's copy with hosts = {name} */
+    char *od_hosts[1];        /* od_site->hosts; [0] owned */
 };
 
 struct mgr_acme_set {
@@ -204,6 +215,10 @@ static void entry_free(struct mgr_acme *e)
     acme_cert_unref(e->cert);
     cfg_unref(e->next_cfg);
     cfg_unref(e->cfg);
+    if (e->od_site != NULL) {
+        free(e->od_hosts[0]);
+        free(e->od_site);
+    }
     free(e);
 }
 
@@ -502,7 +517,8 @@ static bool entry_is_due(const struct mgr_acme *e, time_t now)
  * poll). */
 static void entry_schedule(struct mgr_acme *e)
 {
-    if (e->timer == NULL || e->order != NULL || e->sop != NULL) {
+    if (e->timer == NULL || e->order != NULL || e->sop != NULL ||
+        (e->od != NULL && !e->is_od_ordered && e->cert == NULL)) {
         return;
     }
     time_t now = dm_time_now();
@@ -745,6 +761,13 @@ static void entry_on_meta_put(struct acme_storage_reply *r, void *arg)
 
 static void entry_fail(struct mgr_acme *e, const char *why)
 {
+    if (e->od != NULL && e->cert == NULL) {
+        /* No certificate to keep serving: the owner's negative cache and
+         * backoff decide when this name is tried again, not a timer here. */
+        e->is_od_ordered = false;
+        e->od->on_ordered(e->od_arg, false, why);
+        return;
+    }
     const struct cfg_acme *a = entry_acme(e, e->cur);
     time_t first =
         a->retry_first_ms >= 1000 ? (time_t)(a->retry_first_ms / 1000) : ACME_BACKOFF_FIRST_S;
@@ -854,6 +877,9 @@ static void entry_on_order_done(const struct acme_order_result *res,
     e->cur = 0;
     e->cur_failures = 0;
     entry_schedule(e);
+    if (e->od != NULL && !renewed) {
+        e->od->on_ordered(e->od_arg, true, NULL);
+    }
 }
 
 static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -870,6 +896,14 @@ static void entry_on_timer(evutil_socket_t fd, short what, void *arg)
             entry_ari_start(e);
         }
         entry_schedule(e);
+        return;
+    }
+    if (e->od != NULL && e->cert != NULL && acme_cert_last_used(e->cert) + OD_UNUSED_S < now) {
+        /* On-demand certificates renew while they are used; one nobody
+         * asked for in a month is left to expire. */
+        dm_log(DM_LOG_INFO, "acme", "on-demand certificate for %s unused since %lld: not renewed",
+               e->site->hosts[0], (long long)acme_cert_last_used(e->cert));
+        e->od->on_ordered(e->od_arg, false, "unused");
         return;
     }
     /* The answer would be about a certificate being replaced. */
@@ -941,6 +975,16 @@ static void entry_load_next(struct mgr_acme *e)
         }
         dm_log(DM_LOG_WARN, "acme", "stored certificate for %s from %s unreadable: %s",
                e->site->hosts[0], issuer_id, err.msg);
+    }
+    if (e->is_od_probing) {
+        e->is_od_probing = false;
+        bool found = e->adopted != e->adopted_before && e->cert != NULL;
+        if (found) {
+            acme_store_put(e->set->store, e->site->hosts[0], e->cert, false);
+            entry_schedule(e);
+        }
+        e->od->on_probed(e->od_arg, found);
+        return;
     }
     /* Whether we wait or hold the lock, another process may have stored a
      * newer certificate meanwhile: adopt it instead of ordering. */
@@ -1074,4 +1118,76 @@ const struct mgr_acme *mgr_acme_find(const struct mgr_acme_set *s, const char *n
 time_t mgr_acme_next_renewal(const struct mgr_acme *e)
 {
     return e->renew_at;
+}
+
+struct mgr_acme *mgr_acme_od_new(struct mgr_acme_set *s, struct cfg *cfg,
+                                 const struct cfg_site *site, const char *name,
+                                 const struct mgr_acme_od_hooks *hooks, void *arg,
+                                 struct dm_err *err)
+{
+    struct mgr_acme *e = calloc(1, sizeof(*e));
+    struct cfg_site *copy = malloc(sizeof(*copy));
+    char *host = strdup(name);
+    if (e == NULL || copy == NULL || host == NULL || s->base == NULL) {
+        free(e);
+        free(copy);
+        free(host);
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    /* The site as configured, but for this one name: every path of the
+     * entry (orders, storage keys, locks, logs) then works unchanged. */
+    *copy = *site;
+    e->od_hosts[0] = host;
+    copy->hosts = e->od_hosts;
+    copy->num_hosts = 1;
+    e->od_site = copy;
+    e->set = s;
+    e->cfg = cfg_ref(cfg);
+    e->site = copy;
+    e->od = hooks;
+    e->od_arg = arg;
+    e->num_issuers = site_num_issuers(site);
+    for (size_t i = 0; i < e->num_issuers; i++) {
+        e->issuers[i] = issuer_get(s, entry_acme(e, i), err);
+        if (e->issuers[i] == NULL) {
+            entry_free(e);
+            return NULL;
+        }
+    }
+    e->timer = evtimer_new(s->base, entry_on_timer, e);
+    if (e->timer == NULL) {
+        entry_free(e);
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    e->is_od_probing = true;
+    e->load_i = 0;
+    e->adopted_before = e->adopted;
+    entry_load_next(e);
+    return e;
+}
+
+void mgr_acme_od_order(struct mgr_acme *e)
+{
+    e->is_od_ordered = true;
+    e->failures = 0;
+    e->renew_at = 0;
+    entry_schedule(e);
+}
+
+void mgr_acme_od_free(struct mgr_acme *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    if (e->cert != NULL) {
+        acme_store_remove(e->set->store, e->site->hosts[0]);
+    }
+    entry_free(e);
+}
+
+const struct acme_cert *mgr_acme_od_cert(const struct mgr_acme *e)
+{
+    return e->cert;
 }

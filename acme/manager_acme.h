@@ -3,6 +3,7 @@
 #ifndef DM_ACME_MANAGER_ACME_H
 #define DM_ACME_MANAGER_ACME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -51,5 +52,33 @@ const struct mgr_acme *mgr_acme_find(const struct mgr_acme_set *s, const char *n
 
 /* mgr_acme_next_renewal returns when the entry next orders (renewal or retry). */
 time_t mgr_acme_next_renewal(const struct mgr_acme *e);
+
+/* On-demand entries (ondemand.c): one per name, outside the config's list,
+ * for a name under an on-demand site. Their life: probe storage, then (if
+ * nothing usable is stored and the policy permits) order; afterwards they
+ * renew like any entry while their certificate is in use. */
+struct cfg_site;
+struct mgr_acme_od_hooks {
+    /* The storage probe ended: found means a stored certificate now serves. */
+    void (*on_probed)(void *arg, bool found);
+    /* The first order ended (ok: the certificate serves), or a renewal found
+     * the certificate unused for OD_UNUSED_S (ok false, why "unused"): the
+     * owner frees the entry, later (not inside this callback). */
+    void (*on_ordered)(void *arg, bool ok, const char *why);
+};
+
+/* mgr_acme_od_new starts the entry for name (valid per acme_od_name_check)
+ * under site (an on-demand site of cfg, which the entry references): the
+ * storage probe runs at once, asynchronously. NULL with err. */
+struct mgr_acme *mgr_acme_od_new(struct mgr_acme_set *s, struct cfg *cfg,
+                                 const struct cfg_site *site, const char *name,
+                                 const struct mgr_acme_od_hooks *hooks, void *arg,
+                                 struct dm_err *err);
+/* mgr_acme_od_order orders the probed entry's certificate now (permitted). */
+void mgr_acme_od_order(struct mgr_acme *e);
+/* mgr_acme_od_free stops the entry and withdraws its name from the store. */
+void mgr_acme_od_free(struct mgr_acme *e);
+/* mgr_acme_od_cert returns the entry's certificate (borrowed), or NULL. */
+const struct acme_cert *mgr_acme_od_cert(const struct mgr_acme *e);
 
 #endif

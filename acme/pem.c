@@ -27,6 +27,7 @@
 #include <openssl/x509v3.h>
 
 #include "proxy/core/err.h"
+#include "proxy/core/time.h"
 
 /* RSA keys above this size make every handshake slow (and parsing them is a
  * cheap way to burn CPU); nobody deploys them for TLS servers. */
@@ -83,6 +84,21 @@ EVP_PKEY *acme_cert_key(const struct acme_cert *c)
 time_t acme_cert_not_before(const struct acme_cert *c)
 {
     return c->not_before;
+}
+
+void acme_cert_touch(struct acme_cert *c)
+{
+    /* A store only when the second changed: the line stays shared (read
+     * only) between workers serving the same certificate. */
+    int64_t now = (int64_t)dm_time_now();
+    if (atomic_load_explicit(&c->last_used, memory_order_relaxed) != now) {
+        atomic_store_explicit(&c->last_used, now, memory_order_relaxed);
+    }
+}
+
+time_t acme_cert_last_used(const struct acme_cert *c)
+{
+    return (time_t)atomic_load_explicit(&((struct acme_cert *)c)->last_used, memory_order_relaxed);
 }
 
 time_t acme_cert_not_after(const struct acme_cert *c)
@@ -310,6 +326,7 @@ static struct acme_cert *cert_alloc(size_t max_chain, struct dm_err *err)
         return NULL;
     }
     atomic_init(&c->refs, 1);
+    atomic_init(&c->last_used, (int64_t)dm_time_now());
     return c;
 }
 

@@ -182,6 +182,14 @@ static void cfg_free(struct cfg *c)
         free(s->cert_file);
         free(s->key_file);
         cfg_acme_free(s->acme);
+        if (s->on_demand != NULL) {
+            free(s->on_demand->ask);
+            for (size_t j = 0; j < s->on_demand->num_allow; j++) {
+                free(s->on_demand->allow[j]);
+            }
+            free(s->on_demand->allow);
+            free(s->on_demand);
+        }
     }
     free(c->sites);
     free(c->trusted_proxies);
@@ -346,6 +354,34 @@ static json_t *dump_acme(const struct cfg_acme *a, bool *is_failed)
     return acme;
 }
 
+static json_t *dump_ondemand(const struct cfg_ondemand *d, bool *is_failed)
+{
+    json_t *o = json_object();
+    json_t *allow = json_array();
+    if (o == NULL || allow == NULL) {
+        *is_failed = true;
+        json_decref(o);
+        json_decref(allow);
+        return NULL;
+    }
+    if (d->ask != NULL) {
+        put(o, "ask", json_string(d->ask), is_failed);
+    }
+    for (size_t i = 0; i < d->num_allow; i++) {
+        push(allow, json_string(d->allow[i]), is_failed);
+    }
+    put(o, "allow", allow, is_failed);
+    put(o, "ask_timeout", duration_json(d->ask_timeout_ms), is_failed);
+    put(o, "ask_cache", duration_json(d->ask_cache_ms), is_failed);
+    put(o, "orders_per_minute", json_integer(d->orders_per_minute), is_failed);
+    put(o, "max_in_flight", json_integer(d->max_in_flight), is_failed);
+    put(o, "per_domain_per_hour", json_integer(d->per_domain_per_hour), is_failed);
+    put(o, "wait_timeout", duration_json(d->wait_timeout_ms), is_failed);
+    put(o, "failure_backoff", duration_json(d->failure_backoff_ms), is_failed);
+    put(o, "cache_capacity", json_integer(d->cache_capacity), is_failed);
+    return o;
+}
+
 static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
 {
     json_t *o = json_object();
@@ -381,6 +417,9 @@ static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
             return NULL;
         }
         put(tls, "acme", dump_acme(s->acme, is_failed), is_failed);
+        if (s->on_demand != NULL) {
+            put(tls, "on_demand", dump_ondemand(s->on_demand, is_failed), is_failed);
+        }
         put(o, "tls", tls, is_failed);
     } else {
         put(o, "tls", json_string("local"), is_failed);

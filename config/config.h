@@ -48,6 +48,12 @@ struct cfg_quick {
     const char *ca;       /* --ca: ACME directory URL; NULL = local CA */
     const char *ca_root;  /* --ca-root: PEM trusted for the CA's HTTPS; may be NULL */
     const char *email;    /* --email: ACME account contact; may be NULL */
+    /* --on-demand: certificates for every name the policy permits (--ask
+     * URL, --allow PATTERN...); --from becomes optional (a host pattern). */
+    bool on_demand;
+    const char *ask;
+    const char **allow;
+    size_t num_allow;
 };
 
 /* The ACME CA a public name gets from `doorman reverse-proxy` without --ca. */

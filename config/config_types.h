@@ -73,15 +73,36 @@ struct cfg_acme {
     size_t num_fallbacks;
 };
 
+/* On-demand TLS (tls.on_demand): certificates ordered during the first
+ * handshake for a name nobody listed, when the permission policy allows it.
+ * Defaults and meaning: docs/configuration.md. */
+struct cfg_ondemand {
+    char *ask;    /* owned: URL asked GET ?domain=NAME (2xx permits), NULL if none */
+    char **allow; /* owned: lower-case patterns, exact or "*.suffix" (any depth) */
+    size_t num_allow;
+    uint32_t ask_timeout_ms;
+    uint32_t ask_cache_ms; /* how long an answer of ask is reused */
+    uint32_t orders_per_minute;
+    uint32_t max_in_flight;
+    uint32_t per_domain_per_hour; /* orders per registered domain and hour */
+    uint32_t wait_timeout_ms;     /* how long a handshake waits for its certificate */
+    uint32_t failure_backoff_ms;  /* first negative-cache period; doubles to an hour */
+    uint32_t cache_capacity;      /* on-demand certificates held; least recently used go */
+};
+
 struct cfg_site {
-    char **hosts; /* owned: lower-case names, exact or "*.example.com" */
+    /* owned: lower-case names, exact or "*.example.com"; for an on-demand
+     * site, patterns of the names it serves, and none at all (num_hosts 0)
+     * makes it the catch-all for names no other site lists. */
+    char **hosts;
     size_t num_hosts;
     struct cfg_addr *to; /* owned array: backends (issue 2 uses to[0] and round robin) */
     size_t num_to;
     enum cfg_tls_source tls;
-    char *cert_file;       /* owned: CFG_TLS_FILES */
-    char *key_file;        /* owned: CFG_TLS_FILES */
-    struct cfg_acme *acme; /* owned: CFG_TLS_ACME */
+    char *cert_file;                /* owned: CFG_TLS_FILES */
+    char *key_file;                 /* owned: CFG_TLS_FILES */
+    struct cfg_acme *acme;          /* owned: CFG_TLS_ACME */
+    struct cfg_ondemand *on_demand; /* owned: tls.on_demand (with acme), else NULL */
 };
 
 struct cfg_timeouts {

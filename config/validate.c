@@ -91,7 +91,11 @@ static const char *const root_keys[] = {
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
-static const char *const tls_keys[] = {"cert", "key", "acme"};
+static const char *const tls_keys[] = {"cert", "key", "acme", "on_demand"};
+static const char *const ondemand_keys[] = {
+    "ask",           "ask_timeout",         "ask_cache",    "allow",           "orders_per_minute",
+    "max_in_flight", "per_domain_per_hour", "wait_timeout", "failure_backoff", "cache_capacity",
+};
 static const char *const acme_keys[] = {
     "ca",
     "email",
@@ -130,6 +134,18 @@ static const char *const key_type_names[] = {"p256", "p384", "rsa2048", "rsa4096
 /* Fallback CAs per site: more than a few only delays the error an operator
  * must see. */
 #define MAX_ACME_FALLBACKS 4
+
+/* On-demand defaults: generous for a SaaS front door, far below what a CA
+ * tolerates (Let's Encrypt: 300 new orders per 3 h per account, 50
+ * certificates per registered domain per week). */
+#define DEFAULT_OD_ASK_TIMEOUT_MS  (5u * 1000)
+#define DEFAULT_OD_ASK_CACHE_MS    (10u * 60 * 1000)
+#define DEFAULT_OD_ORDERS_PER_MIN  60
+#define DEFAULT_OD_MAX_IN_FLIGHT   20
+#define DEFAULT_OD_PER_DOMAIN_HOUR 100
+#define DEFAULT_OD_WAIT_TIMEOUT_MS (20u * 1000)
+#define DEFAULT_OD_FAIL_BACKOFF_MS (60u * 1000)
+#define DEFAULT_OD_CACHE_CAPACITY  10000
 
 #define NUM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -929,6 +945,10 @@ static void read_local_ca(struct check *k, json_t *root, struct cfg *c)
 static void read_hosts(struct check *k, json_t *site, struct cfg_site *s)
 {
     json_t *v = json_object_get(site, "hosts");
+    json_t *tls = json_object_get(site, "tls");
+    if (v == NULL && json_is_object(tls) && json_object_get(tls, "on_demand") != NULL) {
+        return; /* the catch-all on-demand site */
+    }
     size_t mark = path_push_key(k, "hosts");
     size_t n = json_array_size(v);
     if (v == NULL) {
@@ -1271,6 +1291,125 @@ static void read_acme_issuer(struct check *k, json_t *v, struct cfg_acme *a, boo
     }
 }
 
+static void read_od_duration(struct check *k, json_t *obj, const char *key, uint64_t min_ms,
+                             uint64_t max_ms, uint32_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    size_t m = path_push_key(k, key);
+    uint64_t ms;
+    if (read_duration(k, v, min_ms, max_ms, &ms) == 0) {
+        *out = (uint32_t)ms;
+    }
+    path_pop(k, m);
+}
+
+static void read_od_count(struct check *k, json_t *obj, const char *key, long long max,
+                          uint32_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    size_t m = path_push_key(k, key);
+    long long n;
+    if (read_int(k, v, 1, max, &n) == 0) {
+        *out = (uint32_t)n;
+    }
+    path_pop(k, m);
+}
+
+/* read_on_demand reads tls.on_demand. A permission policy is mandatory:
+ * without one, anyone who points a name at the proxy makes it order. */
+static void read_on_demand(struct check *k, json_t *tls, struct cfg_site *s)
+{
+    json_t *v = json_object_get(tls, "on_demand");
+    if (v == NULL) {
+        return;
+    }
+    size_t mark = path_push_key(k, "on_demand");
+    if (!json_is_object(v)) {
+        problem_type(k, "an object {\"ask\": URL, \"allow\": [PATTERN...], ...}", v);
+        path_pop(k, mark);
+        return;
+    }
+    struct cfg_ondemand *d = check_calloc(k, 1, sizeof(*d));
+    if (d == NULL) {
+        path_pop(k, mark);
+        return;
+    }
+    s->on_demand = d;
+    d->ask_timeout_ms = DEFAULT_OD_ASK_TIMEOUT_MS;
+    d->ask_cache_ms = DEFAULT_OD_ASK_CACHE_MS;
+    d->orders_per_minute = DEFAULT_OD_ORDERS_PER_MIN;
+    d->max_in_flight = DEFAULT_OD_MAX_IN_FLIGHT;
+    d->per_domain_per_hour = DEFAULT_OD_PER_DOMAIN_HOUR;
+    d->wait_timeout_ms = DEFAULT_OD_WAIT_TIMEOUT_MS;
+    d->failure_backoff_ms = DEFAULT_OD_FAIL_BACKOFF_MS;
+    d->cache_capacity = DEFAULT_OD_CACHE_CAPACITY;
+    check_keys(k, v, ondemand_keys, NUM(ondemand_keys));
+    json_t *ask = json_object_get(v, "ask");
+    if (ask != NULL) {
+        size_t m = path_push_key(k, "ask");
+        const char *u = read_string(k, ask);
+        if (u != NULL) {
+            char quoted[CFG_QUOTE_MAX * 6 + 8];
+            quote(quoted, sizeof(quoted), u);
+            if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+                strpbrk(u, " \t\r\n\"#") != NULL || strlen(u) > 2048) {
+                problem(k, "%s is not an http(s) URL", quoted);
+            } else {
+                d->ask = check_strdup(k, u);
+            }
+        }
+        path_pop(k, m);
+    }
+    json_t *allow = json_object_get(v, "allow");
+    if (allow != NULL) {
+        size_t m = path_push_key(k, "allow");
+        size_t n = json_array_size(allow);
+        if (!json_is_array(allow)) {
+            problem_type(k, "an array of name patterns like \"*.example.com\"", allow);
+        } else if (n > 0 && (d->allow = check_calloc(k, n, sizeof(char *))) != NULL) {
+            d->num_allow = n;
+            for (size_t i = 0; i < n; i++) {
+                size_t mi = path_push_index(k, i);
+                json_t *e = json_array_get(allow, i);
+                char host[CFG_HOST_MAX + 1];
+                char msg[CFG_MSG_MAX];
+                if (!json_is_string(e)) {
+                    problem_type(k, "a string", e);
+                } else if (cfg_host_normalize(host, sizeof(host), json_string_value(e),
+                                              json_string_length(e), CFG_HOST_ALLOW_WILDCARD, msg,
+                                              sizeof(msg)) != 0) {
+                    problem(k, "%s", msg);
+                } else {
+                    d->allow[i] = check_strdup(k, host);
+                }
+                path_pop(k, mi);
+            }
+        }
+        path_pop(k, m);
+    }
+    if (ask == NULL && d->num_allow == 0) {
+        problem(k, "needs a permission policy: \"ask\" (a URL that answers 2xx for the names you "
+                   "serve) and/or \"allow\" (name patterns); without one, anyone who points a "
+                   "name at this server could make it order certificates until the CA's rate "
+                   "limits lock you out");
+    }
+    read_od_duration(k, v, "ask_timeout", 100, 60u * 1000, &d->ask_timeout_ms);
+    read_od_duration(k, v, "ask_cache", 0, 24u * 3600 * 1000, &d->ask_cache_ms);
+    read_od_duration(k, v, "wait_timeout", 1000, 10u * 60 * 1000, &d->wait_timeout_ms);
+    read_od_duration(k, v, "failure_backoff", 1000, 3600u * 1000, &d->failure_backoff_ms);
+    read_od_count(k, v, "orders_per_minute", 100000, &d->orders_per_minute);
+    read_od_count(k, v, "max_in_flight", 10000, &d->max_in_flight);
+    read_od_count(k, v, "per_domain_per_hour", 1000000, &d->per_domain_per_hour);
+    read_od_count(k, v, "cache_capacity", 10000000, &d->cache_capacity);
+    path_pop(k, mark);
+}
+
 static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
 {
     json_t *v = json_object_get(site, "tls");
@@ -1293,9 +1432,15 @@ static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
             problem(k, "\"acme\" and \"cert\"/\"key\" exclude each other");
         }
         read_acme(k, v, s);
+        read_on_demand(k, v, s);
     } else if (json_is_object(v)) {
         s->tls = CFG_TLS_FILES;
         check_keys(k, v, tls_keys, NUM(tls_keys));
+        if (json_object_get(v, "on_demand") != NULL) {
+            size_t m = path_push_key(k, "on_demand");
+            problem(k, "needs \"acme\": on-demand certificates come from an ACME CA");
+            path_pop(k, m);
+        }
         read_tls_file(k, v, "cert", &s->cert_file);
         read_tls_file(k, v, "key", &s->key_file);
     } else {
@@ -1314,7 +1459,7 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_hosts(k, v, s);
     read_to(k, v, s);
     read_tls(k, v, s);
-    if (s->tls == CFG_TLS_ACME && s->acme != NULL) {
+    if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {
         /* Every issuer may end up ordering, so every one needs dns-01. */
         bool has_dns01 = true;
         for (size_t f = 0; f <= s->acme->num_fallbacks; f++) {
@@ -1491,6 +1636,15 @@ static void read_sites(struct check *k, json_t *root, struct cfg *c)
         }
         check_duplicate_hosts(k, c);
         check_acme_accounts(k, c);
+        size_t catch_all = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (c->sites[i].num_hosts == 0 && c->sites[i].on_demand != NULL && catch_all++ > 0) {
+                size_t m = path_push_index(k, i);
+                problem(k, "a second on-demand site without \"hosts\": only one site can take "
+                           "every name no other site lists");
+                path_pop(k, m);
+            }
+        }
     }
     path_pop(k, mark);
 }
@@ -1600,10 +1754,10 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
     /* As Caddy does: a public name without --ca gets Let's Encrypt; localhost,
      * IPs, single labels and the reserved test TLDs get the local CA. */
     const char *ca = q->ca;
-    if (ca == NULL && q->from != NULL && quick_name_is_public(q->from)) {
+    if (ca == NULL && (q->on_demand || (q->from != NULL && quick_name_is_public(q->from)))) {
         ca = CFG_DEFAULT_ACME_CA;
     }
-    if (ca != NULL || q->email != NULL || q->ca_root != NULL) {
+    if (ca != NULL || q->email != NULL || q->ca_root != NULL || q->on_demand) {
         /* One-site ACME: the same object a config file would hold. */
         json_t *tls = json_object();
         json_t *acme = json_object();
@@ -1623,6 +1777,20 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
         }
         /* Running the quick command is agreeing, as with Caddy. */
         json_object_set_new(acme, "agree_tos", json_true());
+        if (q->on_demand) {
+            json_t *od = json_object();
+            json_object_set_new(tls, "on_demand", od);
+            if (q->ask != NULL) {
+                json_object_set_new(od, "ask", json_string(q->ask));
+            }
+            if (q->num_allow > 0) {
+                json_t *allow = json_array();
+                for (size_t i = 0; i < q->num_allow; i++) {
+                    json_array_append_new(allow, json_string(q->allow[i]));
+                }
+                json_object_set_new(od, "allow", allow);
+            }
+        }
         json_t *site = json_object();
         json_object_set_new(site, "tls", tls);
         path_set(&k, "");
@@ -1631,9 +1799,9 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
         json_decref(site);
         /* Name the flags, not the JSON the flags became. */
         static const char *const map[][2] = {
-            {"tls.acme.ca:", "--ca:"},
-            {"tls.acme.email:", "--email:"},
-            {"tls.acme.ca_root:", "--ca-root:"},
+            {"tls.acme.ca:", "--ca:"},           {"tls.acme.email:", "--email:"},
+            {"tls.acme.ca_root:", "--ca-root:"}, {"tls.on_demand.ask:", "--ask:"},
+            {"tls.on_demand.allow", "--allow"},  {"tls.on_demand:", "--on-demand:"},
         };
         for (size_t i = before; i < k.problems->num_items; i++) {
             char *item = k.problems->items[i];
@@ -1647,7 +1815,9 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
         }
     }
     path_set(&k, "--from");
-    if (q->from == NULL || q->from[0] == '\0') {
+    if (q->on_demand && q->from == NULL) {
+        /* every name the policy permits: the catch-all site */
+    } else if (q->from == NULL || q->from[0] == '\0') {
         problem(&k, "missing: give the host name to serve, e.g. --from localhost");
     } else if ((s->hosts = check_calloc(&k, 1, sizeof(char *))) != NULL) {
         s->num_hosts = 1;

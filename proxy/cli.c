@@ -143,6 +143,11 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         fprintf(stderr, "doorman: %s\n", err.msg);
         goto out;
     }
+    struct acme_ondemand *od = acme_manager_ondemand(ctl.mgr);
+    if (od != NULL) {
+        acme_ondemand_set_wake(od, dm_workers_wake_ondemand, NULL);
+        dm_proxy_set_ondemand(od);
+    }
     if (dm_workers_start(cfg, &err) != 0) {
         fprintf(stderr, "doorman: %s\n", err.msg);
         goto out;
@@ -204,6 +209,9 @@ enum {
     OPT_CA,
     OPT_CA_ROOT,
     OPT_EMAIL,
+    OPT_ON_DEMAND,
+    OPT_ASK,
+    OPT_ALLOW,
 };
 
 static const struct option long_opts[] = {
@@ -219,6 +227,9 @@ static const struct option long_opts[] = {
     {"ca", required_argument, NULL, OPT_CA},
     {"ca-root", required_argument, NULL, OPT_CA_ROOT},
     {"email", required_argument, NULL, OPT_EMAIL},
+    {"on-demand", no_argument, NULL, OPT_ON_DEMAND},
+    {"ask", required_argument, NULL, OPT_ASK},
+    {"allow", required_argument, NULL, OPT_ALLOW},
     {NULL, 0, NULL, 0},
 };
 
@@ -236,6 +247,10 @@ struct args {
     const char *ca;
     const char *ca_root;
     const char *email;
+    bool on_demand;
+    const char *ask;
+    const char *allow[64];
+    size_t num_allow;
 };
 
 static int parse_port(const char *flag, const char *s, int *out)
@@ -283,6 +298,19 @@ static int parse_args(int argc, char **argv, const char *cmd, const int *allowed
             break;
         case OPT_FROM:
             a->from = optarg;
+            break;
+        case OPT_ON_DEMAND:
+            a->on_demand = true;
+            break;
+        case OPT_ASK:
+            a->ask = optarg;
+            break;
+        case OPT_ALLOW:
+            if (a->num_allow == sizeof(a->allow) / sizeof(a->allow[0])) {
+                fprintf(stderr, "doorman %s: too many --allow\n", cmd);
+                return -1;
+            }
+            a->allow[a->num_allow++] = optarg;
             break;
         case OPT_TO:
             if (a->num_to == sizeof(a->to) / sizeof(a->to[0])) {
@@ -343,9 +371,12 @@ static const char run_help[] =
 
 static const char rp_help[] =
     "Usage: doorman reverse-proxy --from NAME --to ADDR [--to ADDR]... [options]\n"
+    "       doorman reverse-proxy --on-demand --ask URL --to ADDR [options]\n"
     "\n"
     "Serves https://NAME in front of the backend(s) ADDR with a certificate from\n"
-    "doorman's local CA, and redirects plain HTTP to HTTPS.\n"
+    "doorman's local CA, and redirects plain HTTP to HTTPS. With --on-demand, serves\n"
+    "every name the permission policy allows, each with a certificate ordered from\n"
+    "the ACME CA during its first handshake.\n"
     "\n"
     "  --from NAME        host name to serve (e.g. localhost)\n"
     "  --to ADDR          backend: host:port, [ipv6]:port or unix:/path (repeatable)\n"
@@ -356,7 +387,11 @@ static const char rp_help[] =
     "  --ca URL           get the certificate from this ACME directory instead of\n"
     "                     the local CA (e.g. https://acme-v02.api.letsencrypt.org/directory)\n"
     "  --ca-root PEM      trust this root for the CA's own HTTPS (test CAs)\n"
-    "  --email ADDR       contact for the ACME account\n";
+    "  --email ADDR       contact for the ACME account\n"
+    "  --on-demand        certificates for names not known in advance (needs --ask\n"
+    "                     and/or --allow; --from, if given, limits the names)\n"
+    "  --ask URL          permission endpoint: GET URL?domain=NAME, 2xx permits\n"
+    "  --allow PATTERN    permit NAME or *.SUFFIX without asking (repeatable)\n";
 
 static const char validate_help[] =
     "Usage: doorman validate --config FILE [--data-dir DIR]\n"
@@ -433,18 +468,25 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_reverse_proxy(int argc, char **argv)
 {
-    static const int allowed[] = {OPT_FROM,     OPT_TO, OPT_HTTPS_PORT, OPT_HTTP_PORT, OPT_BIND,
-                                  OPT_DATA_DIR, OPT_CA, OPT_CA_ROOT,    OPT_EMAIL};
+    static const int allowed[] = {OPT_FROM,  OPT_TO,        OPT_HTTPS_PORT, OPT_HTTP_PORT,
+                                  OPT_BIND,  OPT_DATA_DIR,  OPT_CA,         OPT_CA_ROOT,
+                                  OPT_EMAIL, OPT_ON_DEMAND, OPT_ASK,        OPT_ALLOW};
     struct args a;
-    if (parse_args(argc, argv, "reverse-proxy", allowed, 9, &a) != 0) {
+    if (parse_args(argc, argv, "reverse-proxy", allowed, sizeof(allowed) / sizeof(allowed[0]),
+                   &a) != 0) {
         return 2;
     }
     if (a.help) {
         fputs(rp_help, stdout);
         return 0;
     }
-    if (a.from == NULL || a.num_to == 0) {
-        fprintf(stderr, "doorman reverse-proxy: --from NAME and --to ADDR are required\n");
+    if ((a.from == NULL && !a.on_demand) || a.num_to == 0) {
+        fprintf(stderr, "doorman reverse-proxy: --from NAME (or --on-demand) and --to ADDR are "
+                        "required\n");
+        return 2;
+    }
+    if (!a.on_demand && (a.ask != NULL || a.num_allow > 0)) {
+        fprintf(stderr, "doorman reverse-proxy: --ask and --allow go with --on-demand\n");
         return 2;
     }
     struct cfg_quick q = {.from = a.from,
@@ -456,7 +498,11 @@ static int cmd_reverse_proxy(int argc, char **argv)
                           .bind = a.bind,
                           .ca = a.ca,
                           .ca_root = a.ca_root,
-                          .email = a.email};
+                          .email = a.email,
+                          .on_demand = a.on_demand,
+                          .ask = a.ask,
+                          .allow = a.allow,
+                          .num_allow = a.num_allow};
     struct cfg_problems problems = {0};
     struct cfg *cfg = cfg_from_quick(&q, &problems);
     if (cfg == NULL) {

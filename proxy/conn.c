@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "acme/acme.h"
 #include "acme/solver.h"
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
@@ -38,6 +39,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg);
 static void conn_process(struct dm_conn *c);
 static void conn_flush(struct dm_conn *c);
 static void conn_close(struct dm_conn *c);
+static void conn_handshake(struct dm_conn *c);
 
 static void conn_hold(struct dm_conn *c)
 {
@@ -203,12 +205,70 @@ fail:
     close(fd);
 }
 
+/* conn_od_unlist takes c off its worker's on-demand waiting list. */
+static void conn_od_unlist(struct dm_conn *c)
+{
+    if (!c->is_od_listed) {
+        return;
+    }
+    if (c->od_prev != NULL) {
+        c->od_prev->od_next = c->od_next;
+    } else {
+        c->w->od_waiting = c->od_next;
+    }
+    if (c->od_next != NULL) {
+        c->od_next->od_prev = c->od_prev;
+    }
+    c->od_prev = c->od_next = NULL;
+    c->is_od_listed = false;
+}
+
+/* conn_od_end closes the books on a wait: how long, and whether the
+ * handshake got its certificate. */
+static void conn_od_end(struct dm_conn *c, bool got)
+{
+    conn_od_unlist(c);
+    if (c->od_wait_us != 0) {
+        uint64_t ms = (dm_time_mono_us() - c->od_wait_us) / 1000;
+        acme_ondemand_note_wait(dm_proxy_g.ondemand, (uint32_t)ms, got);
+        DM_LOG_DBG("tls", "c=%llu sni=%s waited %llu ms for an on-demand certificate: %s",
+                   (unsigned long long)c->id, c->sni, (unsigned long long)ms,
+                   got ? "served" : "failed");
+        c->od_wait_us = 0;
+    }
+}
+
+/* conn_od_wait parks a handshake paused in the select-certificate callback
+ * (SSL_ERROR_PENDING_CERTIFICATE): no reads (the peer waits for our
+ * ServerHello, and a readable EOF would spin), the wait bounded by the
+ * site's wait_timeout, woken by the worker's DM_WORKER_MSG_OD. */
+static void conn_od_wait(struct dm_conn *c)
+{
+    event_del(&c->rev);
+    if (c->od_wait_us == 0) {
+        c->od_wait_us = dm_time_mono_us();
+        const struct cfg_site *s = c->sni_site;
+        conn_set_timer(c, s != NULL && s->on_demand != NULL ? s->on_demand->wait_timeout_ms
+                                                            : c->gen->cfg->timeouts.handshake_ms);
+    }
+    if (!c->is_od_listed) {
+        c->is_od_listed = true;
+        c->od_prev = NULL;
+        c->od_next = c->w->od_waiting;
+        if (c->od_next != NULL) {
+            c->od_next->od_prev = c;
+        }
+        c->w->od_waiting = c;
+    }
+}
+
 static void conn_close(struct dm_conn *c)
 {
     if (c->closed) {
         return;
     }
     c->closed = true;
+    conn_od_end(c, false);
     if (c->up != NULL) {
         dm_upstream_detach(c->up, false);
         c->up = NULL;
@@ -256,6 +316,19 @@ static void conn_finish(struct dm_conn *c)
 void dm_conn_force_close(struct dm_conn *c)
 {
     conn_close(c);
+}
+
+void dm_conn_od_retry(struct dm_conn *c)
+{
+    conn_hold(c);
+    if (!c->closed && c->state == DM_CONN_HANDSHAKE) {
+        conn_handshake(c);
+        if (!c->closed && c->state != DM_CONN_HANDSHAKE) {
+            /* Finished: the client's first request may be buffered already. */
+            conn_on_read(c->fd, EV_READ, c);
+        }
+    }
+    conn_release(c);
 }
 
 void dm_conn_drain(struct dm_conn *c)
@@ -844,6 +917,9 @@ static void conn_handshake(struct dm_conn *c)
 {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
+        if (c->od_wait_us != 0) {
+            conn_od_end(c, true);
+        }
         if (c->is_acme_alpn) {
             /* RFC 8737 §3: the validation is the handshake; nothing follows. */
             conn_finish(c);
@@ -860,6 +936,17 @@ static void conn_handshake(struct dm_conn *c)
         return;
     }
     int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_PENDING_CERTIFICATE) {
+        conn_od_wait(c);
+        return;
+    }
+    if (c->od_wait_us != 0) {
+        /* The certificate came: the rest of the handshake has the usual
+         * deadline again. */
+        conn_od_end(c, e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
+        event_add(&c->rev, NULL);
+        conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
+    }
     if (e == SSL_ERROR_WANT_READ) {
         return;
     }
@@ -1037,6 +1124,17 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dm_conn *c = arg;
     conn_hold(c);
+    if (c->state == DM_CONN_HANDSHAKE && c->od_wait_us != 0 && !c->is_od_expired) {
+        /* The certificate did not come in time: the callback now fails the
+         * handshake, so the client gets an alert rather than a silent close. */
+        c->is_od_expired = true;
+        conn_handshake(c);
+        if (!c->closed) {
+            conn_close(c);
+        }
+        conn_release(c);
+        return;
+    }
     switch (c->state) {
     case DM_CONN_HEAD:
         DM_LOG_DBG("http", "c=%llu %s: request head timeout", (unsigned long long)c->id,

@@ -25,6 +25,13 @@ int dm_workers_publish(struct cfg *cfg, struct dm_err *err);
  * deadline_ms, then closes what is left and joins the threads. */
 void dm_workers_stop(uint32_t deadline_ms);
 
+/* dm_proxy_set_ondemand lets handshakes for unknown names ask od (borrowed;
+ * must outlive the workers); dm_workers_wake_ondemand (the wake callback
+ * to register with it) makes every worker retry its waiting handshakes. */
+struct acme_ondemand;
+void dm_proxy_set_ondemand(struct acme_ondemand *od);
+void dm_workers_wake_ondemand(void *arg);
+
 /* dm_workers_count returns the number of worker threads running. */
 int dm_workers_count(void);
 

@@ -21,6 +21,7 @@
 struct evbuffer;
 struct evdns_base;
 struct acme_store;
+struct acme_ondemand;
 struct dm_worker;
 struct dm_conn;
 struct dm_upstream_conn;
@@ -63,9 +64,10 @@ const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host,
 
 /* Process-wide state every worker reads (set up before workers start). */
 struct dm_proxy {
-    SSL_CTX *ssl_ctx;         /* owned: shared by all workers */
-    struct acme_store *store; /* borrowed */
-    atomic_int num_conns;     /* open client connections, all workers */
+    SSL_CTX *ssl_ctx;               /* owned: shared by all workers */
+    struct acme_store *store;       /* borrowed */
+    struct acme_ondemand *ondemand; /* borrowed; NULL: no on-demand service */
+    atomic_int num_conns;           /* open client connections, all workers */
     atomic_uint_fast64_t next_conn_id;
     int access_fd; /* -1 = off */
     bool access_json;
@@ -112,7 +114,12 @@ struct dm_conn {
     char sni[256];                   /* lower-case SNI, "" if none */
     const struct cfg_site *sni_site; /* borrowed from gen */
     bool is_acme_alpn;               /* tls-alpn-01 validation: close after the handshake */
-    uint8_t *rbuf;                   /* owned while it holds unread socket bytes (tls_bio.c) */
+    /* On-demand: the handshake waits for a certificate being ordered. */
+    bool is_od_listed;                 /* on the worker's od_waiting list */
+    bool is_od_expired;                /* wait_timeout passed: fail the handshake */
+    uint64_t od_wait_us;               /* when the wait began; 0 if none */
+    struct dm_conn *od_prev, *od_next; /* worker's od_waiting list */
+    uint8_t *rbuf;                     /* owned while it holds unread socket bytes (tls_bio.c) */
     uint32_t rbuf_off, rbuf_len;
     bool sock_drained;           /* the last recv found no more bytes in the socket */
     struct dm_conn *prev, *next; /* worker's list */
@@ -159,6 +166,7 @@ struct dm_worker {
     atomic_int pending_msg;          /* DM_WORKER_MSG_* bits */
     struct dm_gen *_Atomic next_gen; /* handed over with DM_WORKER_MSG_GEN */
     struct dm_conn *conns;           /* list of open connections */
+    struct dm_conn *od_waiting;      /* handshakes waiting for on-demand certificates */
     int num_conns;
     bool draining;
     unsigned rr; /* round-robin cursor over a site's backends */
@@ -178,6 +186,7 @@ struct dm_worker {
 #define DM_WORKER_MSG_STOP  1
 #define DM_WORKER_MSG_GEN   2
 #define DM_WORKER_MSG_FORCE 4
+#define DM_WORKER_MSG_OD    8 /* on-demand news: retry waiting handshakes */
 
 /* conn.c */
 void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len,
@@ -186,6 +195,9 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
  * its current response. */
 void dm_conn_drain(struct dm_conn *c);
 void dm_conn_force_close(struct dm_conn *c);
+/* dm_conn_od_retry resumes a handshake that waited for an on-demand
+ * certificate (it may wait again); the worker unlisted it already. */
+void dm_conn_od_retry(struct dm_conn *c);
 
 /* Called by upstream.c while forwarding. */
 void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,

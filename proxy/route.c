@@ -1,6 +1,7 @@
 /* Host -> site routing for one generation: an open-addressing hash of exact
  * names plus one of wildcard parents ("*.example.com" stored as
- * "example.com"), built once per config load and read-only afterwards. */
+ * "example.com"), then the catch-all on-demand site (one without hosts) if
+ * the config has one; built once per config load and read-only afterwards. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +16,8 @@ struct route_slot {
 struct dm_route {
     struct route_slot *exact;
     struct route_slot *wild;
-    size_t mask; /* capacity - 1, capacity a power of two */
+    size_t mask;                      /* capacity - 1, capacity a power of two */
+    const struct cfg_site *catch_all; /* on-demand site without hosts, or NULL */
 };
 
 static uint64_t route_hash(const char *s, size_t len)
@@ -79,6 +81,9 @@ struct dm_route *dm_route_new(const struct cfg *cfg)
     r->mask = cap - 1;
     for (size_t i = 0; i < cfg->num_sites; i++) {
         const struct cfg_site *s = &cfg->sites[i];
+        if (s->num_hosts == 0 && s->on_demand != NULL) {
+            r->catch_all = s;
+        }
         for (size_t j = 0; j < s->num_hosts; j++) {
             const char *h = s->hosts[j];
             if (h[0] == '*' && h[1] == '.') {
@@ -109,9 +114,9 @@ const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host,
     }
     /* A wildcard covers exactly one label (RFC 6125 §6.4.3). */
     const char *dot = memchr(host, '.', host_len);
-    if (dot == NULL || dot == host) {
-        return NULL;
+    if (dot != NULL && dot != host) {
+        size_t rest = host_len - (size_t)(dot + 1 - host);
+        s = route_lookup(r->wild, r->mask, dot + 1, rest);
     }
-    size_t rest = host_len - (size_t)(dot + 1 - host);
-    return route_lookup(r->wild, r->mask, dot + 1, rest);
+    return s != NULL ? s : r->catch_all;
 }

@@ -133,6 +133,27 @@ static bool alpn_offers(const uint8_t *data, size_t len, const char *proto)
     return false;
 }
 
+/* tls_ondemand answers a ClientHello whose name has no certificate but an
+ * on-demand site: pause (BoringSSL re-runs this callback when the
+ * connection retries), or fail at once when the policy refuses or the wait
+ * ran out. */
+static enum ssl_select_cert_result_t tls_ondemand(struct dm_conn *c)
+{
+    if (c->is_od_expired) {
+        dm_log(DM_LOG_INFO, "tls", "c=%llu %s sni=%s: no on-demand certificate within %ums",
+               (unsigned long long)c->id, c->peer_ip, c->sni,
+               c->sni_site->on_demand->wait_timeout_ms);
+        return ssl_select_cert_error;
+    }
+    const char *why = "refused";
+    if (acme_ondemand_request(dm_proxy_g.ondemand, c->sni_site, c->sni, &why) == ACME_OD_WAIT) {
+        return ssl_select_cert_retry;
+    }
+    DM_LOG_DBG("tls", "c=%llu %s sni=%s: on-demand refused: %s", (unsigned long long)c->id,
+               c->peer_ip, c->sni, why);
+    return ssl_select_cert_error;
+}
+
 static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *hello)
 {
     SSL *ssl = hello->ssl;
@@ -166,6 +187,15 @@ static enum ssl_select_cert_result_t tls_on_select_cert(const SSL_CLIENT_HELLO *
                    c->peer_ip);
         } else {
             cert = acme_store_get(dm_proxy_g.store, c->sni, strlen(c->sni));
+            if (cert != NULL) {
+                acme_cert_touch(cert);
+            } else {
+                c->sni_site = dm_route_find(c->gen->route, c->sni, strlen(c->sni));
+                if (c->sni_site != NULL && c->sni_site->on_demand != NULL &&
+                    dm_proxy_g.ondemand != NULL) {
+                    return tls_ondemand(c);
+                }
+            }
         }
         if (cert == NULL) {
             DM_LOG_DBG("tls", "c=%llu no certificate for SNI %s", (unsigned long long)c->id,

@@ -221,6 +221,20 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
             event_base_loopexit(w->base, NULL);
         }
     }
+    if (msg & DM_WORKER_MSG_OD) {
+        /* Detach the list first: a retry that must wait again re-lists. */
+        struct dm_conn *c = w->od_waiting;
+        w->od_waiting = NULL;
+        for (struct dm_conn *p = c; p != NULL; p = p->od_next) {
+            p->is_od_listed = false;
+        }
+        while (c != NULL) {
+            struct dm_conn *next = c->od_next;
+            c->od_prev = c->od_next = NULL;
+            dm_conn_od_retry(c);
+            c = next;
+        }
+    }
     if (msg & DM_WORKER_MSG_FORCE) {
         worker_on_drain_deadline(-1, 0, w);
     }
@@ -345,6 +359,19 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
         }
     }
     return 0;
+}
+
+void dm_proxy_set_ondemand(struct acme_ondemand *od)
+{
+    dm_proxy_g.ondemand = od;
+}
+
+void dm_workers_wake_ondemand(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < num_workers; i++) {
+        worker_send(&workers[i], DM_WORKER_MSG_OD);
+    }
 }
 
 int dm_workers_count(void)
