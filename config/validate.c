@@ -1637,6 +1637,7 @@ static void read_sites(struct check *k, json_t *root, struct cfg *c)
         check_duplicate_hosts(k, c);
         check_acme_accounts(k, c);
         size_t catch_all = 0;
+        path_set(k, "sites");
         for (size_t i = 0; i < n; i++) {
             if (c->sites[i].num_hosts == 0 && c->sites[i].on_demand != NULL && catch_all++ > 0) {
                 size_t m = path_push_index(k, i);

@@ -480,13 +480,13 @@ static int cmd_reverse_proxy(int argc, char **argv)
         fputs(rp_help, stdout);
         return 0;
     }
+    if (!a.on_demand && (a.ask != NULL || a.num_allow > 0)) {
+        fprintf(stderr, "doorman reverse-proxy: --ask and --allow go with --on-demand\n");
+        return 2;
+    }
     if ((a.from == NULL && !a.on_demand) || a.num_to == 0) {
         fprintf(stderr, "doorman reverse-proxy: --from NAME (or --on-demand) and --to ADDR are "
                         "required\n");
-        return 2;
-    }
-    if (!a.on_demand && (a.ask != NULL || a.num_allow > 0)) {
-        fprintf(stderr, "doorman reverse-proxy: --ask and --allow go with --on-demand\n");
         return 2;
     }
     struct cfg_quick q = {.from = a.from,
