@@ -119,6 +119,8 @@ struct acme_storage_reply {
     char *cert_pem;                /* get */
     char *key_pem;                 /* get */
     struct acme_storage_meta meta; /* get */
+    char **names;                  /* list (acme_storage_names_free) */
+    size_t num_names;              /* list */
 };
 
 typedef void (*acme_storage_cb)(struct acme_storage_reply *reply, void *arg);
@@ -138,6 +140,13 @@ struct acme_storage_op *acme_storage_put_start(struct acme_storage *st, struct e
 struct acme_storage_op *acme_storage_lock_start(struct acme_storage *st, struct event_base *base,
                                                 const char *key, unsigned ttl_s, acme_storage_cb cb,
                                                 void *arg, struct dm_err *err);
+struct acme_storage_op *acme_storage_delete_start(struct acme_storage *st, struct event_base *base,
+                                                  const char *issuer, const char *name,
+                                                  acme_storage_cb cb, void *arg,
+                                                  struct dm_err *err);
+struct acme_storage_op *acme_storage_list_start(struct acme_storage *st, struct event_base *base,
+                                                const char *issuer, acme_storage_cb cb, void *arg,
+                                                struct dm_err *err);
 /* acme_storage_op_cancel drops a call in flight: its callback will not run.
  * A put or lock may still take effect. NULL does nothing. */
 void acme_storage_op_cancel(struct acme_storage_op *op);

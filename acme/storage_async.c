@@ -20,6 +20,7 @@ static void op_free(struct acme_storage_op *op)
     free(op->reply.cert_pem);
     acme_pem_free_secret(op->reply.key_pem);
     acme_storage_meta_cleanup(&op->reply.meta);
+    acme_storage_names_free(op->reply.names, op->reply.num_names);
     free(op);
 }
 
@@ -69,6 +70,12 @@ static void run_sync(struct acme_storage_op *op)
         break;
     case ACME_STORAGE_OP_LOCK:
         r->rc = acme_storage_lock(op->st, op->key, op->ttl_s, &r->err);
+        break;
+    case ACME_STORAGE_OP_DELETE:
+        r->rc = acme_storage_delete(op->st, op->issuer, op->name, &r->err);
+        break;
+    case ACME_STORAGE_OP_LIST:
+        r->rc = acme_storage_list(op->st, op->issuer, &r->names, &r->num_names, &r->err);
         break;
     }
     acme_storage_op_finish(op);
@@ -152,5 +159,36 @@ struct acme_storage_op *acme_storage_lock_start(struct acme_storage *st, struct 
     }
     op->key = key;
     op->ttl_s = ttl_s;
+    return op_start(op);
+}
+
+struct acme_storage_op *acme_storage_delete_start(struct acme_storage *st, struct event_base *base,
+                                                  const char *issuer, const char *name,
+                                                  acme_storage_cb cb, void *arg, struct dm_err *err)
+{
+    if (acme_storage_key_valid(issuer, name, err) != 0) {
+        return NULL;
+    }
+    struct acme_storage_op *op = op_new(st, base, ACME_STORAGE_OP_DELETE, cb, arg, err);
+    if (op == NULL) {
+        return NULL;
+    }
+    op->issuer = issuer;
+    op->name = name;
+    return op_start(op);
+}
+
+struct acme_storage_op *acme_storage_list_start(struct acme_storage *st, struct event_base *base,
+                                                const char *issuer, acme_storage_cb cb, void *arg,
+                                                struct dm_err *err)
+{
+    if (acme_storage_key_valid(issuer, "x", err) != 0) {
+        return NULL;
+    }
+    struct acme_storage_op *op = op_new(st, base, ACME_STORAGE_OP_LIST, cb, arg, err);
+    if (op == NULL) {
+        return NULL;
+    }
+    op->issuer = issuer;
     return op_start(op);
 }

@@ -14,6 +14,8 @@ enum acme_storage_op_kind {
     ACME_STORAGE_OP_GET,
     ACME_STORAGE_OP_PUT,
     ACME_STORAGE_OP_LOCK,
+    ACME_STORAGE_OP_DELETE,
+    ACME_STORAGE_OP_LIST,
 };
 
 struct acme_storage_op {

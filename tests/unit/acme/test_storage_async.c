@@ -2,6 +2,7 @@
  * never inside the _start that began it; a cancelled call never calls back
  * (and leaks nothing, under ASan); a callback may take the strings it gets;
  * the ARI window round-trips through meta.json. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,8 @@ struct seen {
     char *cert; /* taken from the reply */
     time_t ari_start, ari_end;
     char *last_error;
+    size_t num_names;
+    char first_name[64];
 };
 
 static void on_reply(struct acme_storage_reply *r, void *arg)
@@ -32,6 +35,10 @@ static void on_reply(struct acme_storage_reply *r, void *arg)
         free(s->cert);
         s->cert = r->cert_pem; /* taken: the op must not free it */
         r->cert_pem = NULL;
+    }
+    s->num_names = r->num_names;
+    if (r->num_names > 0) {
+        snprintf(s->first_name, sizeof(s->first_name), "%s", r->names[0]);
     }
     s->ari_start = r->meta.ari_window_start;
     s->ari_end = r->meta.ari_window_end;
@@ -105,6 +112,25 @@ TEST(test_callbacks_are_deferred_and_once)
     CHECK_EQ_INT(got2.ari_end, 0);
     CHECK(got2.last_error == NULL);
     CHECK_STR(got2.cert, "XHAIN\n");
+
+    /* List, then delete, then list again: the same calls behind callbacks. */
+    struct seen l1 = {0}, del = {0}, l2 = {0}, del2 = {0};
+    CHECK(acme_storage_list_start(st, base, "local", on_reply, &l1, &err) != NULL);
+    run_loop(base);
+    CHECK_EQ_INT(l1.rc, 0);
+    CHECK_EQ_INT(l1.num_names, 1);
+    CHECK_STR(l1.first_name, "a.test");
+    CHECK(acme_storage_delete_start(st, base, "local", "a.test", on_reply, &del, &err) != NULL);
+    CHECK_EQ_INT(del.calls, 0);
+    CHECK(acme_storage_list_start(st, base, "local", on_reply, &l2, &err) != NULL);
+    CHECK(acme_storage_delete_start(st, base, "local", "a.test", on_reply, &del2, &err) != NULL);
+    run_loop(base);
+    CHECK_EQ_INT(del.calls, 1);
+    CHECK_EQ_INT(del.rc, 0);
+    CHECK_EQ_INT(l2.calls, 1);
+    CHECK_EQ_INT(l2.num_names, 0);
+    CHECK_EQ_INT(del2.rc, 0); /* deleting what is gone succeeds */
+    CHECK(acme_storage_list_start(st, base, "Bad/Issuer", on_reply, &l2, &err) == NULL);
 
     free(miss.cert);
     free(got.cert);
