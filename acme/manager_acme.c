@@ -52,7 +52,8 @@
 
 /* An on-demand certificate not used in a handshake for this long is not
  * renewed: its customer has probably left. */
-#define OD_UNUSED_S (30 * 24 * 3600)
+#define OD_UNUSED_S      (30 * 24 * 3600)
+#define OD_POLL_FIRST_MS 10
 
 /* The primary issuer and its fallbacks (config caps fallbacks at 4). */
 #define ENTRY_MAX_ISSUERS 8
@@ -849,16 +850,6 @@ static void entry_on_order_done(const struct acme_order_result *res,
                                      .not_before = acme_cert_not_before(c),
                                      .not_after = acme_cert_not_after(c),
                                      .renew_after = renew_at};
-    /* A meta.json rewrite in flight is about the certificate replaced. */
-    acme_storage_op_cancel(e->meta_op);
-    e->meta_op = NULL;
-    e->is_meta_dirty = false;
-    e->sop = acme_storage_put_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
-                                    res->chain_pem, res->key_pem, &meta, entry_on_stored, e, &e2);
-    if (e->sop == NULL) {
-        entry_log_not_stored(e, &e2);
-        entry_unlock(e);
-    }
     for (size_t i = 0; i < e->site->num_hosts; i++) {
         if (acme_store_put(e->set->store, e->site->hosts[i], c, false) != 0) {
             dm_log(DM_LOG_ERROR, "acme", "%s: out of memory publishing the certificate",
@@ -879,6 +870,18 @@ static void entry_on_order_done(const struct acme_order_result *res,
     entry_schedule(e);
     if (e->od != NULL && !renewed) {
         e->od->on_ordered(e->od_arg, true, NULL);
+    }
+    /* Stored last: the write (synchronous in the filesystem backend) runs
+     * after whatever the publication woke, such as waiting handshakes. */
+    /* A meta.json rewrite in flight is about the certificate replaced. */
+    acme_storage_op_cancel(e->meta_op);
+    e->meta_op = NULL;
+    e->is_meta_dirty = false;
+    e->sop = acme_storage_put_start(e->set->storage, e->set->base, issuer_id, e->site->hosts[0],
+                                    res->chain_pem, res->key_pem, &meta, entry_on_stored, e, &e2);
+    if (e->sop == NULL) {
+        entry_log_not_stored(e, &e2);
+        entry_unlock(e);
     }
 }
 
@@ -1080,7 +1083,13 @@ static void entry_order(struct mgr_acme *e)
                                 .key_type = key_type_of(a->key_type),
                                 .profile = a->profile,
                                 .preferred_chain = a->preferred_chain,
-                                .timeout_ms = a->order_timeout_ms};
+                                .timeout_ms = a->order_timeout_ms,
+                                /* A handshake waits for an on-demand order:
+                                 * poll at 10, 20, 40 ms... rather than 50,
+                                 * 100, 200 (Pebble validates and issues
+                                 * within a few ms; a real CA within 1-2 s,
+                                 * which the doubling reaches as quickly). */
+                                .poll_first_ms = e->od != NULL ? OD_POLL_FIRST_MS : 0};
     /* RFC 9773 §5: "replaces" names the certificate this order renews, sent
      * only to the CA that issued it and only while its suggested window is
      * valid and open (a CA may refuse it otherwise; order.c then orders once

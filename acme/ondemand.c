@@ -247,7 +247,12 @@ struct acme_ondemand {
 
 static void od_wake(struct acme_ondemand *od)
 {
-    event_active(od->wake_ev, 0, 0);
+    /* At once, not deferred: the workers coalesce (one eventfd, one bit),
+     * and a deferred wake would wait behind the certificate's storage
+     * write queued in the same loop turn. */
+    if (od->wake_fn != NULL) {
+        od->wake_fn(od->wake_arg);
+    }
 }
 
 static void od_on_wake(evutil_socket_t fd, short what, void *arg)

@@ -7,8 +7,10 @@
  * config apply, which run before or between loop turns on the control thread.
  * A backend implements the synchronous table and, when it talks to a network,
  * the optional start hook (storage_int.h); without it the generic adapter runs
- * the synchronous call and defers the callback (STYLE §6: the filesystem's
- * small writes may be synchronous, its callbacks still deferred).
+ * the synchronous call on a copy of the request from the loop, right before
+ * the callback (STYLE §6: the filesystem's small writes may be synchronous,
+ * its callbacks still deferred), so a write never delays what its caller
+ * does next in the same turn.
  * Layout of the filesystem backend: docs/certificates.md. */
 #ifndef DM_ACME_STORAGE_H
 #define DM_ACME_STORAGE_H

@@ -12,11 +12,18 @@
 #include "acme/storage_int.h"
 #include "proxy/core/err.h"
 
+static void run_sync(struct acme_storage_op *op);
+
 static void op_free(struct acme_storage_op *op)
 {
     if (op->is_finishing) {
         event_del(&op->done_ev);
     }
+    for (size_t i = 0; i < 4; i++) {
+        free(op->own[i]);
+    }
+    acme_pem_free_secret(op->own[4]);
+    acme_storage_meta_cleanup(&op->own_meta);
     free(op->reply.cert_pem);
     acme_pem_free_secret(op->reply.key_pem);
     acme_storage_meta_cleanup(&op->reply.meta);
@@ -30,6 +37,10 @@ static void op_on_done(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct acme_storage_op *op = arg;
     op->is_finishing = false;
+    if (op->is_work_due) {
+        op->is_work_due = false;
+        run_sync(op);
+    }
     if (!op->is_cancelled) {
         op->cb(&op->reply, op->arg);
     }
@@ -48,6 +59,13 @@ void acme_storage_op_cancel(struct acme_storage_op *op)
         return;
     }
     if (op->is_finishing) {
+        if (op->is_work_due &&
+            (op->kind == ACME_STORAGE_OP_PUT || op->kind == ACME_STORAGE_OP_DELETE)) {
+            /* A write the caller no longer waits for still happens: an
+             * issued certificate must not be lost to a shutdown. */
+            op->is_work_due = false;
+            run_sync(op);
+        }
         op_free(op);
         return;
     }
@@ -78,7 +96,46 @@ static void run_sync(struct acme_storage_op *op)
         r->rc = acme_storage_list(op->st, op->issuer, &r->names, &r->num_names, &r->err);
         break;
     }
-    acme_storage_op_finish(op);
+}
+
+static char *dup_opt(const char *s, bool *is_failed)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    char *d = strdup(s);
+    *is_failed |= d == NULL;
+    return d;
+}
+
+/* op_own copies the request, for work done after _start returned. */
+static int op_own(struct acme_storage_op *op)
+{
+    bool is_failed = false;
+    const char *in[5] = {op->issuer, op->name, op->key, op->cert_pem, op->key_pem};
+    for (size_t i = 0; i < 5; i++) {
+        op->own[i] = dup_opt(in[i], &is_failed);
+    }
+    op->issuer = op->own[0];
+    op->name = op->own[1];
+    op->key = op->own[2];
+    op->cert_pem = op->own[3];
+    op->key_pem = op->own[4];
+    if (op->meta != NULL) {
+        const struct acme_storage_meta *m = op->meta;
+        struct acme_storage_meta *c = &op->own_meta;
+        *c = *m;
+        c->names = m->num_names > 0 ? calloc(m->num_names, sizeof(*c->names)) : NULL;
+        c->num_names = 0;
+        c->issuer = dup_opt(m->issuer, &is_failed);
+        c->last_error = dup_opt(m->last_error, &is_failed);
+        is_failed |= m->num_names > 0 && c->names == NULL;
+        for (size_t i = 0; c->names != NULL && i < m->num_names; i++) {
+            c->names[c->num_names++] = dup_opt(m->names[i], &is_failed);
+        }
+        op->meta = c;
+    }
+    return is_failed ? -1 : 0;
 }
 
 static struct acme_storage_op *op_new(struct acme_storage *st, struct event_base *base,
@@ -103,12 +160,18 @@ static struct acme_storage_op *op_start(struct acme_storage_op *op)
 {
     if (op->st->start != NULL) {
         op->st->start(op->st, op);
-    } else {
-        run_sync(op);
+        /* Borrowed request fields die with the caller's frame. */
+        op->issuer = op->name = op->key = op->cert_pem = op->key_pem = NULL;
+        op->meta = NULL;
+        return op;
     }
-    /* Borrowed request fields die with the caller's frame. */
-    op->issuer = op->name = op->key = op->cert_pem = op->key_pem = NULL;
-    op->meta = NULL;
+    if (op_own(op) != 0) {
+        dm_err_set(&op->reply.err, DM_E_NOMEM, "out of memory");
+        op->reply.rc = -1;
+    } else {
+        op->is_work_due = true;
+    }
+    acme_storage_op_finish(op);
     return op;
 }
 

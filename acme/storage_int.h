@@ -33,6 +33,12 @@ struct acme_storage_op {
     struct event done_ev; /* runs the callback on base, deferred */
     bool is_cancelled;    /* the caller gave up: finish frees, no callback */
     bool is_finishing;    /* done_ev is active */
+    /* The synchronous adapter runs the work from done_ev too (so a write
+     * never delays what the caller does next in the same loop turn, such as
+     * waking handshakes), on copies of the request: */
+    bool is_work_due;
+    char *own[5]; /* issuer, name, key, cert_pem, key_pem (secret) */
+    struct acme_storage_meta own_meta;
 };
 
 /* acme_storage_op_finish completes op with its reply: the callback runs from

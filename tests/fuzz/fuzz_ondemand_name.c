@@ -45,8 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         require(strstr(name, "..") == NULL && name[0] != '.' && name[len - 1] != '.');
         for (size_t i = 0; i < len; i++) {
             char ch = name[i];
-            require((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' ||
-                    ch == '-');
+            require((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-');
         }
         char out[256];
         if (acme_psl_registered_domain(NULL, name, out, sizeof(out))) {

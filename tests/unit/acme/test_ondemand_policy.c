@@ -21,11 +21,22 @@ TEST(test_name_check)
         }
         CHECK(why == NULL);
     }
-    static const char *const bad[] = {
-        "",           "localhost",      "a.localhost", "example",      "127.0.0.1",
-        "10.1.2.3",   "a..example.com", ".a.com",      "a.com.",       "-a.example.com",
-        "a-.example", "a_b.example",    "a b.example", "ab--cd.example", "*.example.com",
-        "a.EXAMPLE.com"};
+    static const char *const bad[] = {"",
+                                      "localhost",
+                                      "a.localhost",
+                                      "example",
+                                      "127.0.0.1",
+                                      "10.1.2.3",
+                                      "a..example.com",
+                                      ".a.com",
+                                      "a.com.",
+                                      "-a.example.com",
+                                      "a-.example",
+                                      "a_b.example",
+                                      "a b.example",
+                                      "ab--cd.example",
+                                      "*.example.com",
+                                      "a.EXAMPLE.com"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *why = acme_od_name_check(bad[i]);
         if (why == NULL) {
