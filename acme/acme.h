@@ -194,7 +194,7 @@ enum acme_od_answer {
 struct acme_ondemand *acme_manager_ondemand(struct acme_manager *m);
 
 /* acme_ondemand_set_wake registers fn(arg), called from the control thread
- * (coalesced, at most once per loop turn) whenever waiting handshakes should
+ * (the workers coalesce repeated wake-ups) whenever waiting handshakes should
  * retry: a certificate arrived, or a name was refused or failed. */
 void acme_ondemand_set_wake(struct acme_ondemand *od, void (*fn)(void *arg), void *arg);
 

@@ -225,7 +225,6 @@ struct acme_ondemand {
     struct od_stats stats;
     int efd;                /* eventfd: the queue has names */
     struct event *queue_ev; /* owned */
-    struct event *wake_ev;  /* owned: coalesces wake-ups */
     struct event *stats_ev; /* owned */
     struct event *pump_ev;  /* owned: retries the wait queue later */
     void (*wake_fn)(void *arg);
@@ -250,16 +249,6 @@ static void od_wake(struct acme_ondemand *od)
     /* At once, not deferred: the workers coalesce (one eventfd, one bit),
      * and a deferred wake would wait behind the certificate's storage
      * write queued in the same loop turn. */
-    if (od->wake_fn != NULL) {
-        od->wake_fn(od->wake_arg);
-    }
-}
-
-static void od_on_wake(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct acme_ondemand *od = arg;
     if (od->wake_fn != NULL) {
         od->wake_fn(od->wake_arg);
     }
@@ -941,7 +930,6 @@ struct acme_ondemand *acme_ondemand_new(struct event_base *base, struct acme_sto
     if (od->queue == NULL || od->efd < 0 || map_init(&od->table, 4096) != 0 ||
         map_init(&od->jobs, 4096) != 0 || map_init(&od->domains, 1024) != 0 ||
         (od->queue_ev = event_new(base, od->efd, EV_READ | EV_PERSIST, od_on_queue, od)) == NULL ||
-        (od->wake_ev = event_new(base, -1, 0, od_on_wake, od)) == NULL ||
         (od->pump_ev = evtimer_new(base, od_on_pump, od)) == NULL ||
         (od->stats_ev = event_new(base, -1, EV_PERSIST, od_on_stats, od)) == NULL) {
         acme_ondemand_free(od);
@@ -998,7 +986,7 @@ void acme_ondemand_free(struct acme_ondemand *od)
     for (size_t i = 0; i < sizeof(od->clients) / sizeof(od->clients[0]); i++) {
         dm_httpc_free(od->clients[i].client);
     }
-    struct event *evs[] = {od->queue_ev, od->wake_ev, od->pump_ev, od->stats_ev};
+    struct event *evs[] = {od->queue_ev, od->pump_ev, od->stats_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
         if (evs[i] != NULL) {
             event_free(evs[i]);
