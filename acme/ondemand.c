@@ -41,7 +41,8 @@
 #define OD_TABLE_MAX 65536
 /* Names handed to the control thread and not yet picked up. */
 #define OD_QUEUE_MAX 4096
-/* Permission checks in flight; more are refused for a few seconds. */
+/* Permission checks in flight; more wait in line (up to OD_WAIT_QUEUE_MAX,
+ * then they are refused for a few seconds). */
 #define OD_ASK_MAX        64
 #define OD_ASK_BUSY_S     5
 #define OD_ASK_MAX_BODY   4096
@@ -169,6 +170,7 @@ struct od_stats {
 
 enum od_stage {
     JOB_PROBE = 0, /* reading storage */
+    JOB_ASK_WAIT,  /* waiting for a permission-check slot */
     JOB_ASK,       /* the permission URL is asked */
     JOB_QUEUED,    /* permitted, waiting for the rate limits */
     JOB_ORDER,     /* ordering */
@@ -185,7 +187,7 @@ enum od_step {
 
 struct od_job {
     struct od_job *prev, *next; /* od->jobs: every live job */
-    struct od_job *qnext;       /* od->wait_head: JOB_QUEUED in order */
+    struct od_job *qnext;       /* od->wait_head (JOB_QUEUED) or od->ask_head (JOB_ASK_WAIT) */
     struct acme_ondemand *od;
     char name[OD_NAME_CAP];
     char domain[OD_NAME_CAP];
@@ -234,6 +236,8 @@ struct acme_ondemand {
     struct od_job *job_list; /* every job */
     struct od_job *wait_head, *wait_tail;
     size_t num_waiting;
+    struct od_job *ask_head, *ask_tail; /* JOB_ASK_WAIT in order */
+    size_t num_ask_waiting;
     size_t num_members;
     uint32_t in_flight;  /* orders running */
     uint32_t asks;       /* permission checks running */
@@ -552,15 +556,51 @@ static struct dm_httpc *od_client(struct acme_ondemand *od, uint32_t timeout_ms,
 
 static void job_permitted(struct od_job *j);
 
+static void job_ask_send(struct od_job *j);
+
+/* job_ask asks the permission URL now, or queues the job when OD_ASK_MAX
+ * checks are in flight (a burst of new names waits its turn). */
 static void job_ask(struct od_job *j)
 {
     struct acme_ondemand *od = j->od;
-    const struct cfg_ondemand *d = j->site->on_demand;
-    if (od->asks >= OD_ASK_MAX) {
-        od_refuse(od, j->name, "too many permission checks in flight", OD_ASK_BUSY_S, false);
+    if (od->asks < OD_ASK_MAX) {
+        job_ask_send(j);
+        return;
+    }
+    if (od->num_ask_waiting >= OD_WAIT_QUEUE_MAX) {
+        od_refuse(od, j->name, "too many permission checks waiting", OD_ASK_BUSY_S, false);
         job_kill(j);
         return;
     }
+    j->stage = JOB_ASK_WAIT;
+    j->qnext = NULL;
+    if (od->ask_tail != NULL) {
+        od->ask_tail->qnext = j;
+    } else {
+        od->ask_head = j;
+    }
+    od->ask_tail = j;
+    od->num_ask_waiting++;
+}
+
+/* od_ask_next starts queued permission checks while slots are free. */
+static void od_ask_next(struct acme_ondemand *od)
+{
+    while (od->ask_head != NULL && od->asks < OD_ASK_MAX) {
+        struct od_job *j = od->ask_head;
+        od->ask_head = j->qnext;
+        if (od->ask_head == NULL) {
+            od->ask_tail = NULL;
+        }
+        od->num_ask_waiting--;
+        job_ask_send(j);
+    }
+}
+
+static void job_ask_send(struct od_job *j)
+{
+    struct acme_ondemand *od = j->od;
+    const struct cfg_ondemand *d = j->site->on_demand;
     char url[2400];
     snprintf(url, sizeof(url), "%s%sdomain=%s", d->ask, strchr(d->ask, '?') != NULL ? "&" : "?",
              j->name); /* names are LDH only: nothing to escape */
@@ -585,6 +625,7 @@ static void job_on_ask(const struct dm_httpc_resp *resp, const struct dm_err *er
     struct acme_ondemand *od = j->od;
     j->ask = NULL;
     od->asks--;
+    od_ask_next(od);
     const struct cfg_ondemand *d = j->site->on_demand;
     time_t cache_s = (time_t)(d->ask_cache_ms / 1000);
     if (resp != NULL && resp->status >= 200 && resp->status < 300) {

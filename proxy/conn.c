@@ -918,7 +918,9 @@ static void conn_handshake(struct dm_conn *c)
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         if (c->od_wait_us != 0) {
+            /* Reads were off while parked; the request is still to come. */
             conn_od_end(c, true);
+            event_add(&c->rev, NULL);
         }
         if (c->is_acme_alpn) {
             /* RFC 8737 §3: the validation is the handshake; nothing follows. */
