@@ -8,7 +8,8 @@ set -eu
 # driver, clang + its runtime for sanitizers and libFuzzer, Pebble (ACME test CA).
 PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
 android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
-curl openssl python3 ca-certificates nghttp2-client pebble publicsuffix"
+curl openssl python3 ca-certificates nghttp2-client pebble publicsuffix
+python3-cryptography"
 if [ "${1:-}" = "--bench" ]; then
     PKGS="$PKGS nginx-light wrk"
 fi

@@ -213,6 +213,17 @@ def parallel(fn, args_list, max_threads=None):
     return results
 
 
+def error_kinds(results):
+    """'error text (up to 80 chars)' -> [count, slowest seconds, an example name], for a
+    short failure message about many failed Results."""
+    kinds = {}
+    for r in results:
+        k = kinds.setdefault((r.error or f"HTTP {r.status}")[:80], [0, 0.0, r.name])
+        k[0] += 1
+        k[1] = round(max(k[1], r.elapsed), 2)
+    return kinds
+
+
 def served_sans(result):
     """The dNSName SANs of a verified Result's certificate, as a sorted list."""
     return sorted(v for k, v in (result.cert or {}).get("subjectAltName", ()) if k == "DNS")

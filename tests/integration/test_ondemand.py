@@ -166,7 +166,7 @@ class OnDemandTest(dmtest.DmTestCase):
               file=sys.stderr)
         self.assertLess(max(starts) - min(starts), 1.0, "the clients did not start together")
         if failed:
-            self.fail(f"{len(failed)} of 200 failed, e.g. {failed[:3]}; refusals logged: "
+            self.fail(f"{len(failed)} of 200 failed: {od.error_kinds(failed)}; refusals logged: "
                       f"{od.refusal_reasons(d.proc.stderr())}")
         for r in results:
             self.assertEqual(od.served_sans(r), [r.name])
@@ -209,7 +209,7 @@ class OnDemandTest(dmtest.DmTestCase):
         print(f"50 connections for one new name: {50 - len(failed)} served in {wall:.2f} s",
               file=sys.stderr)
         if failed:
-            self.fail(f"{len(failed)} of 50 failed, e.g. {failed[:3]}; refusals logged: "
+            self.fail(f"{len(failed)} of 50 failed: {od.error_kinds(failed)}; refusals logged: "
                       f"{od.refusal_reasons(d.proc.stderr())}")
         serials = {r.cert["serialNumber"] for r in results}
         self.assertEqual(len(serials), 1, f"{len(serials)} different certificates served")
