@@ -115,6 +115,30 @@ class OnDemandTest(dmtest.DmTestCase):
         self.assertEqual(ask.bad_requests, [])
         self.assert_alive(d)
 
+    def test_cache_capacity_evicts_least_recently_used_and_reloads(self):
+        env = self.new_env()
+        pebble, _, d = self.start(env, lambda b, p: [
+            od_site(b, p, {"allow": ["*.saas.test"], "cache_capacity": 2, **UNLIMITED})])
+        root = pebble.root_file()
+        first = {}
+        for n in ("a.saas.test", "b.saas.test", "a.saas.test", "c.saas.test"):
+            r = od.tls_get(d.https_port, n, cafile=root)
+            self.assertTrue(r.ok, r)
+            first.setdefault(n, r.cert["serialNumber"])
+            time.sleep(1.1)  # last use is kept in whole seconds
+        # a was used after b, so b (least recently used) left when c arrived; a and c stay.
+        d.wait_log(lambda log: "on-demand: b.saas.test leaves the cache" in log, 5,
+                   what="b evicted")
+        self.assertNotIn("a.saas.test leaves the cache", d.proc.stderr())
+        # b comes back from storage on its next handshake: same certificate, no new order.
+        r = od.tls_get(d.https_port, "b.saas.test", cafile=root)
+        self.assertTrue(r.ok, r)
+        self.assertEqual(r.cert["serialNumber"], first["b.saas.test"])
+        d.wait_log(lambda log: "on-demand: b.saas.test loaded from storage" in log, 5,
+                   what="b reloaded")
+        self.assertEqual(self.orders(d), {"a.saas.test": 1, "b.saas.test": 1, "c.saas.test": 1})
+        self.assert_alive(d)
+
     def test_quick_command(self):
         env = self.new_env()
         ask = ask_server(self, allow={"quick.saas.test"})
