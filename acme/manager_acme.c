@@ -1200,3 +1200,10 @@ const struct acme_cert *mgr_acme_od_cert(const struct mgr_acme *e)
 {
     return e->cert;
 }
+
+void mgr_acme_od_nudge(struct mgr_acme *e)
+{
+    if (e->order != NULL) {
+        acme_order_nudge(e->order);
+    }
+}

@@ -78,6 +78,8 @@ struct mgr_acme *mgr_acme_od_new(struct mgr_acme_set *s, struct cfg *cfg,
 void mgr_acme_od_order(struct mgr_acme *e);
 /* mgr_acme_od_free stops the entry and withdraws its name from the store. */
 void mgr_acme_od_free(struct mgr_acme *e);
+/* mgr_acme_od_nudge passes acme_order_nudge to the entry's order, if any. */
+void mgr_acme_od_nudge(struct mgr_acme *e);
 /* mgr_acme_od_cert returns the entry's certificate (borrowed), or NULL. */
 const struct acme_cert *mgr_acme_od_cert(const struct mgr_acme *e);
 

@@ -29,6 +29,7 @@
 #include "acme/manager_acme.h"
 #include "acme/ondemand_int.h"
 #include "acme/ondemand_policy.h"
+#include "acme/solver.h"
 #include "config/config.h"
 #include "proxy/core/err.h"
 #include "proxy/core/httpc.h"
@@ -886,6 +887,36 @@ static void od_start(struct acme_ondemand *od, const char *name)
     }
 }
 
+/* od_on_hit runs on a worker thread when a tls-alpn-01 validation connection
+ * arrives: the name goes to the control thread (marked with a leading '!',
+ * which no host name has) so its order polls at once. Only a hint: dropped
+ * when the queue is full. */
+static void od_on_hit(const char *name, void *arg)
+{
+    struct acme_ondemand *od = arg;
+    size_t len = strlen(name);
+    char *item = malloc(len + 2);
+    if (item == NULL) {
+        return;
+    }
+    item[0] = '!';
+    memcpy(item + 1, name, len + 1);
+    pthread_mutex_lock(&od->lock);
+    bool is_queued = od->q_len < OD_QUEUE_MAX;
+    if (is_queued) {
+        od->queue[(od->q_head + od->q_len) % OD_QUEUE_MAX] = item;
+        od->q_len++;
+    }
+    pthread_mutex_unlock(&od->lock);
+    if (!is_queued) {
+        free(item);
+        return;
+    }
+    uint64_t one = 1;
+    ssize_t r = write(od->efd, &one, sizeof(one));
+    (void)r;
+}
+
 static void od_on_queue(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -905,7 +936,15 @@ static void od_on_queue(evutil_socket_t fd, short what, void *arg)
         if (name == NULL) {
             return;
         }
-        od_start(od, name);
+        if (name[0] == '!') {
+            struct od_node *n = map_find(&od->jobs, name + 1);
+            struct od_job *j = n != NULL ? n->value : NULL;
+            if (j != NULL && j->stage == JOB_ORDER) {
+                mgr_acme_od_nudge(j->entry);
+            }
+        } else {
+            od_start(od, name);
+        }
         free(name);
     }
 }
@@ -977,6 +1016,7 @@ struct acme_ondemand *acme_ondemand_new(struct event_base *base, struct acme_sto
         return NULL;
     }
     event_add(od->queue_ev, NULL);
+    acme_solver_set_hit_hook(od_on_hit, od);
     struct timeval every = {.tv_sec = OD_STATS_EVERY_S};
     event_add(od->stats_ev, &every);
     return od;
@@ -1018,6 +1058,7 @@ void acme_ondemand_free(struct acme_ondemand *od)
     }
     if (od->stats_ev != NULL) {
         od_log_stats(od, true);
+        acme_solver_set_hit_hook(NULL, NULL);
     }
     while (od->job_list != NULL) {
         struct od_job *j = od->job_list;

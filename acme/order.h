@@ -235,6 +235,11 @@ struct acme_order *acme_order_start(struct acme_client *c, struct acme_account *
  * the order's own callback it does nothing either. */
 void acme_order_cancel(struct acme_order *o);
 
+/* acme_order_nudge says the CA is validating now (its validation request
+ * reached us): authorizations waiting to poll do so within a few ms, and a
+ * poll that still finds them pending does not lengthen the next wait. */
+void acme_order_nudge(struct acme_order *o);
+
 /* acme_order_state returns where o is (for logs and the admin API). */
 enum acme_order_state acme_order_state(const struct acme_order *o);
 

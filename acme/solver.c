@@ -308,6 +308,17 @@ void acme_solver_tlsalpn_remove(const char *name)
     }
 }
 
+static void (*hit_fn)(const char *name, void *arg);
+static void *hit_arg;
+
+void acme_solver_set_hit_hook(void (*fn)(const char *name, void *arg), void *arg)
+{
+    pthread_rwlock_wrlock(&solver_lock);
+    hit_fn = fn;
+    hit_arg = arg;
+    pthread_rwlock_unlock(&solver_lock);
+}
+
 struct acme_cert *acme_tlsalpn_cert_get(const char *name, size_t name_len)
 {
     struct acme_cert *cert = NULL;
@@ -315,6 +326,9 @@ struct acme_cert *acme_tlsalpn_cert_get(const char *name, size_t name_len)
     for (struct tlsalpn_entry *e = tlsalpn_list; e != NULL; e = e->next) {
         if (strlen(e->name) == name_len && memcmp(e->name, name, name_len) == 0) {
             cert = acme_cert_ref(e->cert);
+            if (hit_fn != NULL) {
+                hit_fn(e->name, hit_arg); /* under the read lock: the hook stays set */
+            }
             break;
         }
     }

@@ -44,4 +44,11 @@ int acme_tlsalpn_sni_for(const char *name, char *out, size_t cap);
  * certificate pending for name, or NULL. */
 struct acme_cert *acme_tlsalpn_cert_get(const char *name, size_t name_len);
 
+/* acme_solver_set_hit_hook makes fn(name, arg) run each time a tls-alpn-01
+ * validation connection finds its certificate (name: the SNI), on the worker
+ * thread serving it: a hint that the CA is validating now, so the order can
+ * poll at once. fn must be thread-safe and quick. Set before workers start,
+ * cleared (NULL) after they stop. */
+void acme_solver_set_hit_hook(void (*fn)(const char *name, void *arg), void *arg);
+
 #endif
