@@ -268,7 +268,10 @@ TEST(test_poll_schedule_and_processing)
         uint64_t expect[] = {40000, 80000, 160000, 320000};
         for (int i = 0; i < 4; i++) {
             uint64_t gap = t[i + 1] - t[i];
-            CHECK(gap >= expect[i] - 2000);
+            /* Times are when the fake CA got each request: a loaded machine
+             * can delay one receipt and shorten the next gap by as much, so
+             * the lower bound keeps a margin that still proves the doubling. */
+            CHECK(gap >= expect[i] * 3 / 4);
             CHECK(gap < expect[i] + 30000);
         }
     }
