@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -120,6 +121,24 @@ struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_er
  * 0 if no local certificate serves name. For tests and the admin API. */
 time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name);
 
+/* ACME orders since the manager started, for metrics. */
+struct acme_order_stats {
+    uint64_t started;   /* orders sent to a CA (renewals and retries included) */
+    uint64_t succeeded; /* orders that ended with a usable certificate */
+    uint64_t failed;    /* orders that failed, or could not start */
+};
+
+/* acme_manager_order_stats fills out. Control thread only. */
+void acme_manager_order_stats(const struct acme_manager *m, struct acme_order_stats *out);
+
+/* acme_manager_cert_cb receives one served name and the not-after time of the
+ * certificate serving it (0 if none is served yet). */
+typedef void (*acme_manager_cert_cb)(const char *name, time_t not_after, void *arg);
+
+/* acme_manager_foreach_cert calls cb for every name the last apply serves,
+ * in sorted order, synchronously. Control thread only. */
+void acme_manager_foreach_cert(const struct acme_manager *m, acme_manager_cert_cb cb, void *arg);
+
 /* Certificate revocation for `doorman revoke` (RFC 8555 §7.6), revoke.c. */
 /* No reason given: the request carries no "reason" (the CA records 0). */
 #define ACME_REVOKE_NO_REASON (-1)
@@ -170,5 +189,12 @@ int acme_account_deactivate_run(const struct cfg *cfg, const char *name, char *o
  * not-after, next renewal, last error) to out, one certificate per line.
  * Read-only; for `doorman certificates`. */
 int acme_certificates_report(const char *data_dir, FILE *out, struct dm_err *err);
+
+/* acme_certificates_json returns what acme_certificates_report prints as a
+ * new JSON string (caller frees): {"certificates": [{"names": [...],
+ * "issuer": "...", "not_after": RFC 3339, "renew_at": RFC 3339 or null,
+ * "expired": bool, "last_error": string or null}, ...]}. For the admin API.
+ * NULL with err on failure. */
+char *acme_certificates_json(const char *data_dir, struct dm_err *err);
 
 #endif

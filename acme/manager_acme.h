@@ -7,6 +7,7 @@
 #include <time.h>
 
 struct acme_cert;
+struct acme_order_stats;
 struct acme_storage;
 struct acme_store;
 struct cfg;
@@ -51,5 +52,8 @@ const struct mgr_acme *mgr_acme_find(const struct mgr_acme_set *s, const char *n
 
 /* mgr_acme_next_renewal returns when the entry next orders (renewal or retry). */
 time_t mgr_acme_next_renewal(const struct mgr_acme *e);
+
+/* mgr_acme_order_stats fills out with the orders counted since start. */
+void mgr_acme_order_stats(const struct mgr_acme_set *s, struct acme_order_stats *out);
 
 #endif
