@@ -23,9 +23,11 @@
 
 #include "acme/acme.h"
 #include "config/config.h"
+#include "proxy/admin.h"
 #include "proxy/core/err.h"
 #include "proxy/core/file.h"
 #include "proxy/core/log.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy.h"
 
 #define TICKET_ROTATE_S 3600
@@ -38,6 +40,7 @@ struct control {
     const char *config_path;   /* NULL for reverse-proxy */
     const char *data_dir_flag; /* may be NULL */
     uint32_t shutdown_ms;
+    struct dm_admin *admin; /* owned; NULL when admin.enabled is false */
 };
 
 static void print_problems(const char *what, const struct cfg_problems *p)
@@ -69,6 +72,66 @@ static void control_on_stop(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(ctl->base);
 }
 
+/* control_apply makes next (borrowed; validated) the running config: the
+ * certificate manager first, then every worker for new connections. The
+ * listeners, access log and admin API stay as started. Returns 0, or -1 with
+ * err and the old config still running. Shared by SIGHUP and the admin API. */
+static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (acme_manager_apply(ctl->mgr, next, err) != 0) {
+        return -1;
+    }
+    if (dm_workers_publish(next, err) != 0) {
+        /* Workers keep the old generation; put the manager back on it too. */
+        struct dm_err e2 = {0};
+        acme_manager_apply(ctl->mgr, ctl->cfg, &e2);
+        return -1;
+    }
+    cfg_unref(ctl->cfg);
+    ctl->cfg = cfg_ref(next);
+    ctl->shutdown_ms = next->timeouts.shutdown_ms;
+    return 0;
+}
+
+static struct cfg *control_config_get(void *arg)
+{
+    struct control *ctl = arg;
+    return cfg_ref(ctl->cfg);
+}
+
+/* control_reload_file re-reads the config file (SIGHUP, POST /reload). */
+static int control_reload_file(void *arg, uint64_t *out_gen, struct cfg_problems *out_problems,
+                               struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (ctl->config_path == NULL) {
+        dm_err_set(err, DM_E_CONFIG,
+                   "nothing to reload: doorman runs without a config file (use POST /load)");
+        return -1;
+    }
+    struct cfg *next =
+        cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), out_problems);
+    if (next == NULL) {
+        for (size_t i = 0; i < out_problems->num_items; i++) {
+            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)", ctl->config_path,
+                   out_problems->items[i]);
+        }
+        dm_err_set(err, DM_E_CONFIG, "%s is invalid", ctl->config_path);
+        return -1;
+    }
+    int rc = control_apply(ctl, next, err);
+    if (rc != 0) {
+        dm_log(DM_LOG_ERROR, "reload", "%s (keeping the running config)", err->msg);
+    } else {
+        *out_gen = next->generation;
+        dm_log(DM_LOG_INFO, "reload", "config %s reloaded (generation %llu)", ctl->config_path,
+               (unsigned long long)next->generation);
+    }
+    cfg_unref(next);
+    return rc;
+}
+
 static void control_on_reload(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
@@ -78,28 +141,25 @@ static void control_on_reload(evutil_socket_t sig, short what, void *arg)
         dm_log(DM_LOG_INFO, "main", "SIGHUP: nothing to reload (no config file)");
         return;
     }
+    uint64_t gen = 0;
     struct cfg_problems problems = {0};
-    struct cfg *next =
-        cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), &problems);
-    if (next == NULL) {
-        for (size_t i = 0; i < problems.num_items; i++) {
-            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)", ctl->config_path,
-                   problems.items[i]);
-        }
-        cfg_problems_cleanup(&problems);
-        return;
-    }
     struct dm_err err = {0};
-    if (acme_manager_apply(ctl->mgr, next, &err) != 0 || dm_workers_publish(next, &err) != 0) {
-        dm_log(DM_LOG_ERROR, "reload", "%s (keeping the running config)", err.msg);
-        cfg_unref(next);
+    control_reload_file(ctl, &gen, &problems, &err);
+    cfg_problems_cleanup(&problems);
+}
+
+/* control_on_reopen reopens the access log file (SIGUSR1, for logrotate). */
+static void control_on_reopen(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    struct dm_err err = {0};
+    if (dm_access_log_reopen(&err) != 0) {
+        dm_log(DM_LOG_ERROR, "main", "SIGUSR1: %s (still writing to the old file)", err.msg);
         return;
     }
-    cfg_unref(ctl->cfg);
-    ctl->cfg = next;
-    ctl->shutdown_ms = next->timeouts.shutdown_ms;
-    dm_log(DM_LOG_INFO, "reload", "config %s reloaded (generation %llu)", ctl->config_path,
-           (unsigned long long)next->generation);
+    dm_log(DM_LOG_INFO, "main", "SIGUSR1: access log reopened");
 }
 
 static void control_on_rotate(evutil_socket_t fd, short what, void *arg)
@@ -119,7 +179,7 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
                           .config_path = config_path,
                           .data_dir_flag = data_dir_flag,
                           .shutdown_ms = cfg->timeouts.shutdown_ms};
-    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL, *ev_usr1 = NULL;
     bool started = false;
 
     dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
@@ -148,25 +208,41 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         goto out;
     }
     started = true;
+    struct dm_admin_hooks hooks = {.config_get = control_config_get,
+                                   .apply = control_apply,
+                                   .reload_file = control_reload_file,
+                                   .data_dir_override = data_dir_override(data_dir_flag),
+                                   .mgr = ctl.mgr,
+                                   .arg = &ctl};
+    ctl.admin = dm_admin_start(ctl.base, cfg, &hooks, &err);
+    if (ctl.admin == NULL && cfg->admin.enabled) {
+        fprintf(stderr, "doorman: %s\n", err.msg);
+        goto out;
+    }
     ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
     ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
     ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
+    ev_usr1 = evsignal_new(ctl.base, SIGUSR1, control_on_reopen, &ctl);
     ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
     struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
     event_add(ev_term, NULL);
     event_add(ev_int, NULL);
     event_add(ev_hup, NULL);
+    event_add(ev_usr1, NULL);
     event_add(ev_rot, &rot);
     dm_log(DM_LOG_INFO, "main", "ready: https on %s port %u, http %s%u, %d workers, data %s",
-           cfg->bind, cfg->https_port, cfg->http_port ? "on port " : "off", cfg->http_port,
-           dm_workers_count(), cfg->data_dir);
+           ctl.cfg->bind, ctl.cfg->https_port, ctl.cfg->http_port ? "on port " : "off",
+           ctl.cfg->http_port, dm_workers_count(), ctl.cfg->data_dir);
     event_base_dispatch(ctl.base);
     rc = 0;
 out:
+    /* First: no config may be applied while the workers stop. */
+    dm_admin_free(ctl.admin);
     if (started) {
         dm_workers_stop(ctl.shutdown_ms);
         dm_log(DM_LOG_INFO, "main", "stopped");
     }
+    dm_metrics_cleanup();
     dm_proxy_cleanup();
     if (ev_term) {
         event_free(ev_term);
@@ -176,6 +252,9 @@ out:
     }
     if (ev_hup) {
         event_free(ev_hup);
+    }
+    if (ev_usr1) {
+        event_free(ev_usr1);
     }
     if (ev_rot) {
         event_free(ev_rot);

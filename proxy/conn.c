@@ -844,6 +844,7 @@ static void conn_handshake(struct dm_conn *c)
 {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
+        dm_metrics_on_handshake(c, true, 0);
         if (c->is_acme_alpn) {
             /* RFC 8737 §3: the validation is the handshake; nothing follows. */
             conn_finish(c);
@@ -867,6 +868,7 @@ static void conn_handshake(struct dm_conn *c)
         event_add(&c->wev, NULL);
         return;
     }
+    dm_metrics_on_handshake(c, false, e);
     if (dm_log_enabled(DM_LOG_DEBUG)) {
         struct dm_err err;
         dm_err_set_tls(&err, "handshake");
@@ -904,6 +906,7 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         goto out; /* a stale activation: backpressure holds the input */
     }
     size_t n = conn_read_socket(c);
+    dm_metrics_bytes_in(c->w->metrics, n);
     if (n > 0 && c->state == DM_CONN_PROXY && !c->req_body_done) {
         conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
     }
@@ -1037,6 +1040,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dm_conn *c = arg;
     conn_hold(c);
+    dm_metrics_on_timer(c);
     switch (c->state) {
     case DM_CONN_HEAD:
         DM_LOG_DBG("http", "c=%llu %s: request head timeout", (unsigned long long)c->id,

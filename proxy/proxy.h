@@ -25,11 +25,20 @@ int dm_workers_publish(struct cfg *cfg, struct dm_err *err);
  * deadline_ms, then closes what is left and joins the threads. */
 void dm_workers_stop(uint32_t deadline_ms);
 
+/* dm_proxy_active_conns returns the open client connections of all workers. */
+long dm_proxy_active_conns(void);
+
 /* dm_workers_count returns the number of worker threads running. */
 int dm_workers_count(void);
 
 /* dm_tls_ticket_keys_rotate: see tls.c; call periodically from the control thread. */
 void dm_tls_ticket_keys_rotate(void);
+
+/* dm_access_log_reopen reopens the access log file (SIGUSR1, for logrotate):
+ * the new file is opened first and swapped in atomically, so a failure keeps
+ * the old one. Nothing to do for stderr or off. Returns 0 or -1 with err.
+ * Control thread. */
+int dm_access_log_reopen(struct dm_err *err);
 
 /* dm_proxy_cleanup frees the TLS context and closes the access log. */
 void dm_proxy_cleanup(void);

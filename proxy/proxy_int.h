@@ -16,6 +16,7 @@
 
 #include "config/config_types.h"
 #include "proxy/http1_parse.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy.h"
 
 struct evbuffer;
@@ -47,6 +48,7 @@ struct dm_gen {
     atomic_int refs;
     struct cfg *cfg;        /* ref */
     struct dm_route *route; /* owned */
+    uint16_t *site_metric;  /* owned: metrics label index of each cfg site */
     uint32_t max_headers;
     struct dm_http1_limits req_limits;
     struct dm_http1_limits resp_limits;
@@ -67,14 +69,19 @@ struct dm_proxy {
     struct acme_store *store; /* borrowed */
     atomic_int num_conns;     /* open client connections, all workers */
     atomic_uint_fast64_t next_conn_id;
-    int access_fd; /* -1 = off */
+    int access_fd; /* -1 = off; a reopen dup2()s a new file onto the same number */
     bool access_json;
+    enum cfg_log_format access_format;
+    char *access_path; /* owned: the access log file, NULL for stderr or off */
 };
 
 extern struct dm_proxy dm_proxy_g;
 
 /* tls.c */
 SSL_CTX *dm_tls_ctx_new(struct dm_err *err);
+/* dm_tls_fail_reason classifies a failed handshake from SSL_get_error's
+ * result and the error queue (peeked, not cleared). */
+enum dm_tls_fail dm_tls_fail_reason(int ssl_error);
 
 /* tls_bio.c: the buffered socket BIO of client TLS connections. */
 int dm_tls_bio_init(void);
@@ -172,6 +179,7 @@ struct dm_worker {
     struct dm_http1_header resp_fields[DM_MAX_HEADERS_CAP];
     uint8_t *free_rbufs[DM_RBUF_CACHE]; /* owned: TLS read buffers for reuse */
     int num_free_rbufs;
+    struct dm_metrics *metrics; /* borrowed: metrics.c's registry owns it; may be NULL */
     pthread_t thread;
 };
 
@@ -230,7 +238,16 @@ void dm_upstream_pools_close_idle(struct dm_worker *w);
 int dm_chunked_move(struct dm_http1_chunked *ch, struct evbuffer *src, struct evbuffer *dst,
                     bool dechunk, uint64_t *out_data_bytes);
 
-/* access_log.c: one line per request to the access log. */
+/* access_log.c: one line per request to the access log (and its metrics). */
 void dm_access_log(const struct dm_conn *c);
+
+/* metrics hooks with the connection's context (metrics_conn.c). */
+/* dm_metrics_on_request counts the request c has just answered. */
+void dm_metrics_on_request(const struct dm_conn *c);
+/* dm_metrics_on_handshake counts a finished handshake; ssl_error is
+ * SSL_get_error's result when it failed (call before the queue is cleared). */
+void dm_metrics_on_handshake(const struct dm_conn *c, bool is_ok, int ssl_error);
+/* dm_metrics_on_timer counts a handshake timeout if c was in its handshake. */
+void dm_metrics_on_timer(const struct dm_conn *c);
 
 #endif

@@ -36,6 +36,7 @@ int dm_proxy_init(struct acme_store *store, const struct cfg *cfg, struct dm_err
         return -1;
     }
     dm_proxy_g.access_json = cfg->access_log_format == CFG_LOG_JSON;
+    dm_proxy_g.access_format = cfg->access_log_format;
     if (cfg->access_log == NULL || strcmp(cfg->access_log, "stderr") == 0) {
         dm_proxy_g.access_fd = 2;
     } else if (strcmp(cfg->access_log, "off") == 0) {
@@ -47,7 +48,35 @@ int dm_proxy_init(struct acme_store *store, const struct cfg *cfg, struct dm_err
             return -1;
         }
         dm_proxy_g.access_fd = fd;
+        dm_proxy_g.access_path = strdup(cfg->access_log);
+        if (dm_proxy_g.access_path == NULL) {
+            dm_err_set(err, DM_E_NOMEM, "out of memory");
+            return -1;
+        }
     }
+    return 0;
+}
+
+int dm_access_log_reopen(struct dm_err *err)
+{
+    if (dm_proxy_g.access_path == NULL || dm_proxy_g.access_fd < 0) {
+        return 0; /* stderr or off: nothing to reopen */
+    }
+    int fd = open(dm_proxy_g.access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        dm_err_set_errno(err, errno, "access log %s", dm_proxy_g.access_path);
+        return -1;
+    }
+    /* dup2 swaps the file behind the number atomically: a worker writing at
+     * this moment lands in the old or the new file, never in a closed or
+     * reused descriptor. */
+    if (dup3(fd, dm_proxy_g.access_fd, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(fd);
+        dm_err_set_errno(err, e, "access log %s", dm_proxy_g.access_path);
+        return -1;
+    }
+    close(fd);
     return 0;
 }
 
@@ -61,6 +90,8 @@ void dm_proxy_cleanup(void)
         close(dm_proxy_g.access_fd);
     }
     dm_proxy_g.access_fd = -1;
+    free(dm_proxy_g.access_path);
+    dm_proxy_g.access_path = NULL;
 }
 
 static struct dm_worker *workers;
@@ -151,6 +182,7 @@ static void worker_on_accept(evutil_socket_t lfd, short what, void *arg)
         }
         if (max != 0 && (uint32_t)atomic_load(&dm_proxy_g.num_conns) >= max) {
             /* Over the limit: refuse at once rather than queue unboundedly. */
+            dm_metrics_refused(w->metrics, DM_REFUSE_MAX_CONNECTIONS);
             close(fd);
             continue;
         }
@@ -264,6 +296,7 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
     for (int i = 0; i < 4; i++) {
         w->listen_fds[i] = -1;
     }
+    w->metrics = dm_metrics_worker_new();
     uint16_t ports[2] = {cfg->https_port, cfg->http_port};
     for (int i = 0; i < 2; i++) {
         if (ports[i] == 0) {
@@ -345,6 +378,11 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
         }
     }
     return 0;
+}
+
+long dm_proxy_active_conns(void)
+{
+    return atomic_load_explicit(&dm_proxy_g.num_conns, memory_order_relaxed);
 }
 
 int dm_workers_count(void)
