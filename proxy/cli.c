@@ -412,11 +412,18 @@ static int parse_args(int argc, char **argv, const char *cmd, const int *allowed
 
 static const char run_help[] =
     "Usage: doorman run --config FILE [--data-dir DIR]\n"
+    "       DOORMAN_FROM=NAME DOORMAN_TO=ADDR[,ADDR...] doorman run [--data-dir DIR]\n"
     "\n"
     "Runs the sites of a JSON config file (see docs/configuration.md).\n"
-    "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file.\n"
+    "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file; SIGUSR1 reopens the\n"
+    "access log file. The admin API listens on DIR/admin.sock (doorman reload).\n"
     "\n"
-    "  --config FILE    the config file (required)\n"
+    "Without --config, DOORMAN_FROM and DOORMAN_TO describe one site as\n"
+    "`doorman reverse-proxy` flags would, with DOORMAN_EMAIL, DOORMAN_CA,\n"
+    "DOORMAN_CA_ROOT, DOORMAN_HTTPS_PORT, DOORMAN_HTTP_PORT, DOORMAN_BIND and\n"
+    "DOORMAN_DATA_DIR for the other flags.\n"
+    "\n"
+    "  --config FILE    the config file\n"
     "  --data-dir DIR   where certificates and keys live (also DOORMAN_DATA_DIR;\n"
     "                   default /var/lib/doorman for root, else ~/.local/share/doorman)\n";
 
@@ -488,6 +495,83 @@ static int resolve_data_dir(const struct args *a, const char *cmd, char *dir, si
     return 0;
 }
 
+/* serve_quick runs one site from reverse-proxy flags (or the DOORMAN_*
+ * variables that stand for them). */
+static int serve_quick(struct args *a)
+{
+    struct cfg_quick q = {.from = a->from,
+                          .to = a->to,
+                          .num_to = a->num_to,
+                          .https_port = a->https_port,
+                          .http_port = a->http_port,
+                          .data_dir = data_dir_override(a->data_dir),
+                          .bind = a->bind,
+                          .ca = a->ca,
+                          .ca_root = a->ca_root,
+                          .email = a->email};
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_from_quick(&q, &problems);
+    if (cfg == NULL) {
+        print_problems(NULL, &problems);
+        cfg_problems_cleanup(&problems);
+        return 1;
+    }
+    return serve(cfg, NULL, a->data_dir);
+}
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* run_from_env serves the one site that DOORMAN_FROM, DOORMAN_TO (several
+ * backends separated by commas) and the other DOORMAN_* variables describe,
+ * exactly as `doorman reverse-proxy` would with the matching flags: the
+ * container and systemd way to run without a config file. */
+static int run_from_env(const struct args *flags)
+{
+    struct args a = *flags;
+    a.from = env_nonempty("DOORMAN_FROM");
+    a.ca = env_nonempty("DOORMAN_CA");
+    a.ca_root = env_nonempty("DOORMAN_CA_ROOT");
+    a.email = env_nonempty("DOORMAN_EMAIL");
+    a.bind = env_nonempty("DOORMAN_BIND");
+    a.https_port = a.http_port = -1;
+    const char *v;
+    if ((v = env_nonempty("DOORMAN_HTTPS_PORT")) != NULL &&
+        parse_port("DOORMAN_HTTPS_PORT", v, &a.https_port) != 0) {
+        return 2;
+    }
+    if ((v = env_nonempty("DOORMAN_HTTP_PORT")) != NULL &&
+        parse_port("DOORMAN_HTTP_PORT", v, &a.http_port) != 0) {
+        return 2;
+    }
+    char *to = strdup(env_nonempty("DOORMAN_TO"));
+    if (to == NULL) {
+        fprintf(stderr, "doorman: out of memory\n");
+        return 1;
+    }
+    a.num_to = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(to, ", ", &save); t != NULL; t = strtok_r(NULL, ", ", &save)) {
+        if (a.num_to == sizeof(a.to) / sizeof(a.to[0])) {
+            fprintf(stderr, "doorman run: DOORMAN_TO: too many backends\n");
+            free(to);
+            return 2;
+        }
+        a.to[a.num_to++] = t;
+    }
+    if (a.num_to == 0) {
+        fprintf(stderr, "doorman run: DOORMAN_TO names no backend\n");
+        free(to);
+        return 2;
+    }
+    int rc = serve_quick(&a);
+    free(to);
+    return rc;
+}
+
 static int cmd_run(int argc, char **argv)
 {
     static const int allowed[] = {OPT_CONFIG, OPT_DATA_DIR};
@@ -499,8 +583,13 @@ static int cmd_run(int argc, char **argv)
         fputs(run_help, stdout);
         return 0;
     }
+    if (a.config == NULL && env_nonempty("DOORMAN_FROM") != NULL &&
+        env_nonempty("DOORMAN_TO") != NULL) {
+        return run_from_env(&a);
+    }
     if (a.config == NULL) {
-        fprintf(stderr, "doorman run: --config FILE is required\n");
+        fprintf(stderr, "doorman run: --config FILE is required (or set DOORMAN_FROM and "
+                        "DOORMAN_TO for one site)\n");
         return 2;
     }
     struct cfg *cfg = load_config(&a);
@@ -526,24 +615,7 @@ static int cmd_reverse_proxy(int argc, char **argv)
         fprintf(stderr, "doorman reverse-proxy: --from NAME and --to ADDR are required\n");
         return 2;
     }
-    struct cfg_quick q = {.from = a.from,
-                          .to = a.to,
-                          .num_to = a.num_to,
-                          .https_port = a.https_port,
-                          .http_port = a.http_port,
-                          .data_dir = data_dir_override(a.data_dir),
-                          .bind = a.bind,
-                          .ca = a.ca,
-                          .ca_root = a.ca_root,
-                          .email = a.email};
-    struct cfg_problems problems = {0};
-    struct cfg *cfg = cfg_from_quick(&q, &problems);
-    if (cfg == NULL) {
-        print_problems(NULL, &problems);
-        cfg_problems_cleanup(&problems);
-        return 1;
-    }
-    return serve(cfg, NULL, a.data_dir);
+    return serve_quick(&a);
 }
 
 static int cmd_validate(int argc, char **argv)
@@ -883,6 +955,8 @@ static const char main_help[] =
     "  certificates   list the certificates in the data directory\n"
     "  revoke         revoke a site's stored ACME certificate\n"
     "  account        roll over or deactivate a site's ACME account\n"
+    "  reload         load a new config into the running doorman (admin socket)\n"
+    "  health         check that the running doorman answers (admin socket)\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
@@ -921,6 +995,12 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "account") == 0) {
         return cmd_account(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "reload") == 0) {
+        return dm_cli_reload(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "health") == 0) {
+        return dm_cli_health(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;
