@@ -165,6 +165,7 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
     w->conns = c;
     w->num_conns++;
     atomic_fetch_add(&dm_proxy_g.num_conns, 1);
+    dm_limits_conn_opened(c);
 
     if (is_tls) {
         c->ssl = SSL_new(dm_proxy_g.ssl_ctx);
@@ -236,6 +237,7 @@ static void conn_close(struct dm_conn *c)
     }
     w->num_conns--;
     atomic_fetch_sub(&dm_proxy_g.num_conns, 1);
+    dm_limits_conn_closed(c);
     dm_gen_unref(c->gen);
     c->gen = NULL;
     if (w->draining && w->num_conns == 0) {
@@ -294,6 +296,8 @@ static const char *status_text(int status)
         return "Expectation Failed";
     case 421:
         return "Misdirected Request";
+    case 429:
+        return "Too Many Requests";
     case 431:
         return "Request Header Fields Too Large";
     case 501:
@@ -682,6 +686,12 @@ static void conn_start_request(struct dm_conn *c, size_t head_len)
             conn_respond_typed(c, 200, "application/octet-stream", key_auth, has_body);
             return;
         }
+    }
+    char retry[40]; /* per-IP request rate (limits.c): 429 with Retry-After */
+    if (dm_limits_request(c, retry, sizeof(retry)) != 0) {
+        evbuffer_drain(c->in, head_len);
+        conn_respond(c, 429, retry, "429 Too Many Requests\n", has_body);
+        return;
     }
     if (c->ssl == NULL && cfg->redirect_http) {
         if (c->host[0] == '\0') {

@@ -194,10 +194,10 @@ int dm_metrics_write_sample(struct evbuffer *out, const char *name, const char *
         rc |= evbuffer_add_printf(out, " %s\n", value > 0 ? "+Inf" : "-Inf") < 0 ? -1 : 0;
     } else if (isnan(value)) {
         rc |= evbuffer_add_printf(out, " NaN\n") < 0 ? -1 : 0;
-    } else if (value == floor(value) && fabs(value) < 1e15) {
+    } else if (value == floor(value) && fabs(value) < 9e18) {
         rc |= evbuffer_add_printf(out, " %.0f\n", value) < 0 ? -1 : 0; /* counters: exact */
     } else {
-        rc |= evbuffer_add_printf(out, " %.9g\n", value) < 0 ? -1 : 0;
+        rc |= evbuffer_add_printf(out, " %.15g\n", value) < 0 ? -1 : 0;
     }
     return rc == 0 ? 0 : -1;
 }

@@ -148,6 +148,7 @@ struct dm_conn {
     struct dm_upstream_conn *up; /* the backend connection serving this request */
     const char *backend;         /* borrowed from gen: backend address text */
     int refs;                    /* holds during callback dispatch */
+    bool ip_counted;             /* counted in the worker's per-IP table (limits.c) */
     bool closed;
     bool lingering; /* response sent, write side shut, discarding input */
 };
@@ -180,6 +181,7 @@ struct dm_worker {
     uint8_t *free_rbufs[DM_RBUF_CACHE]; /* owned: TLS read buffers for reuse */
     int num_free_rbufs;
     struct dm_metrics *metrics; /* borrowed: metrics.c's registry owns it; may be NULL */
+    struct dm_iptable *ips;     /* owned: per-IP limits; NULL if out of memory (no limits) */
     pthread_t thread;
 };
 
@@ -240,6 +242,18 @@ int dm_chunked_move(struct dm_http1_chunked *ch, struct evbuffer *src, struct ev
 
 /* access_log.c: one line per request to the access log (and its metrics). */
 void dm_access_log(const struct dm_conn *c);
+
+/* limits.c: per-client-IP limits (limits.per_ip_*), one line per hook.
+ * dm_limits_accept_ok tells whether sa may open one more connection (false:
+ * close it, counted as refused). dm_limits_conn_opened/_closed count c in the
+ * worker's table. dm_limits_request takes a token for c's request: 0 if
+ * allowed, else the seconds to wait, with "Retry-After: N\r\n" written into
+ * retry_header for the 429. */
+struct dm_iptable;
+bool dm_limits_accept_ok(struct dm_worker *w, const struct sockaddr *sa);
+void dm_limits_conn_opened(struct dm_conn *c);
+void dm_limits_conn_closed(struct dm_conn *c);
+uint32_t dm_limits_request(struct dm_conn *c, char *retry_header, size_t cap);
 
 /* metrics hooks with the connection's context (metrics_conn.c). */
 /* dm_metrics_on_request counts the request c has just answered. */

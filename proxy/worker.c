@@ -20,11 +20,15 @@
 
 #include "proxy/core/err.h"
 #include "proxy/core/log.h"
+#include "proxy/iptable.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_int.h"
 
 #define WORKER_ACCEPT_BATCH 64
 #define LISTEN_BACKLOG      4096
+/* Client addresses each worker tracks for the per-IP limits: about 160 KiB;
+ * past it the limits fail open for new addresses (iptable.h). */
+#define WORKER_IPTABLE_SIZE 4096
 
 struct dm_proxy dm_proxy_g = {.access_fd = 2};
 
@@ -186,6 +190,10 @@ static void worker_on_accept(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
+        if (!dm_limits_accept_ok(w, (struct sockaddr *)&ss)) {
+            close(fd);
+            continue;
+        }
         /* TCP_NODELAY is inherited from the listening socket. */
         dm_conn_accept(w, fd, (struct sockaddr *)&ss, len, w->listen_is_tls[idx]);
     }
@@ -297,6 +305,7 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         w->listen_fds[i] = -1;
     }
     w->metrics = dm_metrics_worker_new();
+    w->ips = dm_iptable_new(WORKER_IPTABLE_SIZE);
     uint16_t ports[2] = {cfg->https_port, cfg->http_port};
     for (int i = 0; i < 2; i++) {
         if (ports[i] == 0) {
@@ -419,6 +428,8 @@ void dm_workers_stop(uint32_t deadline_ms)
         }
         dm_upstream_pools_free(w);
         dm_worker_rbufs_free(w);
+        dm_iptable_free(w->ips);
+        w->ips = NULL;
         worker_close_listeners(w);
         if (w->drain_timer != NULL) {
             event_free(w->drain_timer);
