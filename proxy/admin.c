@@ -51,6 +51,7 @@ struct admin_conn {
     size_t head_len; /* bytes of the request head */
     size_t body_len; /* Content-Length */
     bool responding; /* the answer is queued: only writing from now on */
+    bool is_head;    /* HEAD request: answer without the body */
     struct admin_conn *prev, *next;
 };
 
@@ -144,7 +145,7 @@ static void admin_respond(struct admin_conn *c, int status, const char *content_
                         "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
                         status, status_text(status), content_type, len,
                         extra_headers != NULL ? extra_headers : "");
-    if (body != NULL) {
+    if (body != NULL && !c->is_head) {
         evbuffer_add_buffer(c->out, body);
     }
     c->responding = true;
@@ -417,8 +418,8 @@ static void admin_dispatch(struct admin_conn *c)
     if (q != NULL) {
         path_len = (size_t)(q - path);
     }
-    bool is_get = dm_str_ieq_lit(m.method, m.method_len, "GET") ||
-                  dm_str_ieq_lit(m.method, m.method_len, "HEAD");
+    c->is_head = dm_str_ieq_lit(m.method, m.method_len, "HEAD");
+    bool is_get = c->is_head || dm_str_ieq_lit(m.method, m.method_len, "GET");
     bool is_post = dm_str_ieq_lit(m.method, m.method_len, "POST");
     const char *want = NULL; /* the method the endpoint needs, if it exists */
     if (path_is(path, path_len, "/healthz")) {

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -29,6 +30,8 @@
 /* Client addresses each worker tracks for the per-IP limits: about 160 KiB;
  * past it the limits fail open for new addresses (iptable.h). */
 #define WORKER_IPTABLE_SIZE 4096
+/* Longest wait of the control thread for workers to take a new generation. */
+#define WORKER_PUBLISH_WAIT_MS 1000
 
 struct dm_proxy dm_proxy_g = {.access_fd = 2};
 
@@ -409,6 +412,20 @@ int dm_workers_publish(struct cfg *cfg, struct dm_err *err)
         struct dm_gen *old = atomic_exchange(&workers[i].next_gen, g);
         dm_gen_unref(old);
         worker_send(&workers[i], DM_WORKER_MSG_GEN);
+    }
+    /* Wait (bounded) until every worker took it, so that once a reload is
+     * answered, every connection accepted afterwards gets the new config. A
+     * worker stuck for longer still takes it at its next wakeup. */
+    for (int waited_ms = 0; waited_ms < WORKER_PUBLISH_WAIT_MS; waited_ms++) {
+        bool all_taken = true;
+        for (int i = 0; i < num_workers; i++) {
+            all_taken &= atomic_load(&workers[i].next_gen) == NULL;
+        }
+        if (all_taken) {
+            break;
+        }
+        struct timespec ms = {.tv_nsec = 1000000};
+        nanosleep(&ms, NULL);
     }
     return 0;
 }

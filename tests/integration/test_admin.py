@@ -295,10 +295,12 @@ class LoadTest(dmtest.DmTestCase):
         # SIGHUP still works.
         with open(path, "w") as f:
             json.dump(new, f)
+        reloads = d.proc.stderr().count("reloaded (generation")
         d.proc.signal(1)
-        d.wait_log(lambda log: "reloaded (generation" in log, timeout=10, what="SIGHUP reload")
-        dmtest.wait_until(lambda: d.request("n.test", "/hello").status == 200, 10,
-                          what="SIGHUP config serving")
+        dmtest.wait_until(lambda: d.proc.stderr().count("reloaded (generation") > reloads, 10,
+                          what="SIGHUP reload")
+        self.assertEqual(d.request("n.test", "/hello").body, b"hello from a\n")
+        self.assertEqual(d.request("a.test", "/hello").body, b"hello from b\n")
 
     def test_admin_validation_names_the_field(self):
         env = self.new_env()
