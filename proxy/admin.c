@@ -6,6 +6,7 @@
 #include "proxy/admin.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 #include "proxy/http1_parse.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "proxy/upgrade.h"
 
 #define ADMIN_MAX_FIELDS 64
 #define ADMIN_READ_CHUNK 65536
@@ -107,6 +109,10 @@ static const char *status_text(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 202:
+        return "Accepted";
+    case 409:
+        return "Conflict";
     case 400:
         return "Bad Request";
     case 401:
@@ -362,6 +368,17 @@ static void admin_post_reload(struct admin_conn *c)
     cfg_problems_cleanup(&problems);
 }
 
+static void admin_post_upgrade(struct admin_conn *c)
+{
+    struct dm_err err = {0};
+    if (c->a->hooks.upgrade == NULL || c->a->hooks.upgrade(c->a->hooks.arg, &err) != 0) {
+        admin_error(c, 409, NULL, c->a->hooks.upgrade == NULL ? "not supported" : err.msg);
+        return;
+    }
+    static const char body[] = "{\"status\": \"upgrading\"}\n";
+    admin_respond_text(c, 202, "application/json", body, sizeof(body) - 1);
+}
+
 /* admin_token_ok checks "Authorization: Bearer TOKEN" against the running
  * config's admin.token in constant time. */
 static bool admin_token_ok(struct admin_conn *c, const struct dm_http1_msg *m)
@@ -456,6 +473,12 @@ static void admin_dispatch(struct admin_conn *c)
         want = "POST";
         if (is_post) {
             admin_post_reload(c);
+            return;
+        }
+    } else if (path_is(path, path_len, "/upgrade")) {
+        want = "POST";
+        if (is_post) {
+            admin_post_upgrade(c);
             return;
         }
     }
@@ -632,7 +655,11 @@ static int add_listener(struct dm_admin *a, int fd, bool is_tcp, struct dm_err *
  * skipped with a warning), or -1 with err. */
 static int open_unix(struct dm_admin *a, const char *data_dir, struct dm_err *err)
 {
+    int inherited = dm_upgrade_take_fd(DM_UPGRADE_ENV_ADMIN);
     if (dm_admin_sock_path(a->sock_path, sizeof(a->sock_path), data_dir) != 0) {
+        if (inherited >= 0) {
+            close(inherited);
+        }
         dm_log(DM_LOG_WARN, "admin",
                "data directory path too long for a unix socket: admin socket off");
         a->sock_path[0] = '\0';
@@ -640,6 +667,22 @@ static int open_unix(struct dm_admin *a, const char *data_dir, struct dm_err *er
     }
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     memcpy(sun.sun_path, a->sock_path, strlen(a->sock_path) + 1);
+    if (inherited >= 0) {
+        /* A binary upgrade hands the socket over: same file, same socket. */
+        struct sockaddr_un bound;
+        socklen_t len = sizeof(bound);
+        struct stat st;
+        if (getsockname(inherited, (struct sockaddr *)&bound, &len) == 0 &&
+            strncmp(bound.sun_path, a->sock_path, sizeof(bound.sun_path)) == 0 &&
+            stat(a->sock_path, &st) == 0) {
+            fcntl(inherited, F_SETFL, fcntl(inherited, F_GETFL) | O_NONBLOCK);
+            a->owns_sock = true;
+            a->sock_dev = st.st_dev;
+            a->sock_ino = st.st_ino;
+            return add_listener(a, inherited, false, err);
+        }
+        close(inherited);
+    }
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
         close(probe);
@@ -732,6 +775,18 @@ struct dm_admin *dm_admin_start(struct event_base *base, const struct cfg *cfg,
            cfg->admin.listen != NULL ? " and " : "",
            cfg->admin.listen != NULL ? cfg->admin.listen : "");
     return a;
+}
+
+int dm_admin_unix_fd(const struct dm_admin *a)
+{
+    return a != NULL && a->lis[0].ev != NULL ? a->lis[0].fd : -1;
+}
+
+void dm_admin_disown(struct dm_admin *a)
+{
+    if (a != NULL) {
+        a->owns_sock = false;
+    }
 }
 
 void dm_admin_free(struct dm_admin *a)

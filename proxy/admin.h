@@ -38,6 +38,9 @@ struct dm_admin_hooks {
      * "path: message") or, if there is none, the reason in err. */
     int (*reload_file)(void *arg, uint64_t *out_gen, struct cfg_problems *out_problems,
                        struct dm_err *err);
+    /* upgrade starts a binary upgrade (POST /upgrade); NULL: not offered.
+     * Returns 0 once started, or -1 with err (one already runs...). */
+    int (*upgrade)(void *arg, struct dm_err *err);
     const char *data_dir_override; /* borrowed: --data-dir or DOORMAN_DATA_DIR, may be NULL */
     struct acme_manager *mgr;      /* borrowed: for metrics; may be NULL */
     void *arg;
@@ -49,7 +52,8 @@ struct dm_admin;
  * admin.listen and data_dir) on base (borrowed): the unix socket
  * <data_dir>/admin.sock (mode 0600; a stale file is replaced, one a live
  * process answers on is left alone and the socket is skipped with a warning)
- * and the TCP address if set. hooks is copied. Returns the server (NULL
+ * and the TCP address if set; a socket handed over by a binary upgrade
+ * (DOORMAN_ADMIN_FD) is used as is. hooks is copied. Returns the server (NULL
  * result with no error when admin.enabled is false), or NULL with err if a
  * listener cannot be opened. */
 struct dm_admin *dm_admin_start(struct event_base *base, const struct cfg *cfg,
@@ -58,6 +62,14 @@ struct dm_admin *dm_admin_start(struct event_base *base, const struct cfg *cfg,
 /* dm_admin_free closes the listeners and open admin connections and removes
  * the socket file it created. NULL does nothing. */
 void dm_admin_free(struct dm_admin *a);
+
+/* dm_admin_unix_fd returns the listening unix socket (for a binary
+ * upgrade to hand over), or -1. */
+int dm_admin_unix_fd(const struct dm_admin *a);
+
+/* dm_admin_disown keeps dm_admin_free from removing the socket file: the
+ * process it was handed to serves on it now. */
+void dm_admin_disown(struct dm_admin *a);
 
 /* dm_admin_sock_path writes <data_dir>/admin.sock into buf. Returns 0, or -1
  * if it does not fit a unix socket address (107 bytes). */

@@ -29,6 +29,7 @@
 #include "proxy/core/log.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "proxy/upgrade.h"
 
 #define TICKET_ROTATE_S 3600
 
@@ -40,8 +41,16 @@ struct control {
     const char *config_path;   /* NULL for reverse-proxy */
     const char *data_dir_flag; /* may be NULL */
     uint32_t shutdown_ms;
-    struct dm_admin *admin; /* owned; NULL when admin.enabled is false */
+    struct dm_admin *admin;     /* owned; NULL when admin.enabled is false */
+    struct dm_upgrade *upgrade; /* owned: a binary upgrade in progress */
+    bool is_handed_over;        /* the new process serves: drain, keep its sockets */
 };
+
+/* The executable and arguments this process was started with, for a binary
+ * upgrade: the path is resolved at start, because once the file is replaced
+ * /proc/self/exe names the old, deleted one. */
+static char exe_path[PATH_MAX];
+static char **saved_argv;
 
 static void print_problems(const char *what, const struct cfg_problems *p)
 {
@@ -148,6 +157,64 @@ static void control_on_reload(evutil_socket_t sig, short what, void *arg)
     cfg_problems_cleanup(&problems);
 }
 
+static void control_on_upgrade_done(void *arg, bool is_ready, pid_t pid)
+{
+    struct control *ctl = arg;
+    if (!is_ready) {
+        dm_log(DM_LOG_ERROR, "upgrade",
+               "new process %d did not start serving (exited, or not ready within %d s); "
+               "this one keeps serving",
+               (int)pid, DM_UPGRADE_TIMEOUT_MS / 1000);
+        return; /* freed by the next upgrade or at exit */
+    }
+    dm_log(DM_LOG_INFO, "upgrade", "new process pid %d ready; draining and exiting (deadline %ums)",
+           (int)pid, ctl->shutdown_ms);
+    ctl->is_handed_over = true;
+    dm_admin_disown(ctl->admin);
+    event_base_loopbreak(ctl->base);
+}
+
+/* control_upgrade starts the binary upgrade (SIGUSR2, POST /upgrade). */
+static int control_upgrade(void *arg, struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (ctl->is_handed_over) {
+        dm_err_set(err, DM_E_CONFIG, "an upgrade already handed over; this process is exiting");
+        return -1;
+    }
+    if (exe_path[0] == '\0' || saved_argv == NULL) {
+        dm_err_set(err, DM_E_CONFIG, "the executable path is unknown");
+        return -1;
+    }
+    dm_upgrade_free(ctl->upgrade); /* a finished, failed one */
+    ctl->upgrade = NULL;
+    int fds[64];
+    uint16_t ports16[64];
+    unsigned short ports[64];
+    int n = dm_workers_listen_fds(fds, ports16, 64);
+    for (int i = 0; i < n; i++) {
+        ports[i] = ports16[i];
+    }
+    ctl->upgrade =
+        dm_upgrade_start(ctl->base, exe_path, saved_argv, fds, ports, n,
+                         dm_admin_unix_fd(ctl->admin), control_on_upgrade_done, ctl, err);
+    if (ctl->upgrade == NULL) {
+        return -1;
+    }
+    dm_log(DM_LOG_INFO, "upgrade", "starting %s with %d listening sockets", exe_path, n);
+    return 0;
+}
+
+static void control_on_usr2(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct dm_err err = {0};
+    if (control_upgrade(arg, &err) != 0) {
+        dm_log(DM_LOG_ERROR, "upgrade", "SIGUSR2: %s", err.msg);
+    }
+}
+
 /* control_on_reopen reopens the access log file (SIGUSR1, for logrotate). */
 static void control_on_reopen(evutil_socket_t sig, short what, void *arg)
 {
@@ -179,7 +246,8 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
                           .config_path = config_path,
                           .data_dir_flag = data_dir_flag,
                           .shutdown_ms = cfg->timeouts.shutdown_ms};
-    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL, *ev_usr1 = NULL;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL, *ev_usr1 = NULL,
+                 *ev_usr2 = NULL;
     bool started = false;
 
     dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
@@ -211,6 +279,7 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
     struct dm_admin_hooks hooks = {.config_get = control_config_get,
                                    .apply = control_apply,
                                    .reload_file = control_reload_file,
+                                   .upgrade = control_upgrade,
                                    .data_dir_override = data_dir_override(data_dir_flag),
                                    .mgr = ctl.mgr,
                                    .arg = &ctl};
@@ -223,25 +292,32 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
     ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
     ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
     ev_usr1 = evsignal_new(ctl.base, SIGUSR1, control_on_reopen, &ctl);
+    ev_usr2 = evsignal_new(ctl.base, SIGUSR2, control_on_usr2, &ctl);
     ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
     struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
     event_add(ev_term, NULL);
     event_add(ev_int, NULL);
     event_add(ev_hup, NULL);
     event_add(ev_usr1, NULL);
+    event_add(ev_usr2, NULL);
     event_add(ev_rot, &rot);
     dm_log(DM_LOG_INFO, "main", "ready: https on %s port %u, http %s%u, %d workers, data %s",
            ctl.cfg->bind, ctl.cfg->https_port, ctl.cfg->http_port ? "on port " : "off",
            ctl.cfg->http_port, dm_workers_count(), ctl.cfg->data_dir);
+    dm_upgrade_notify_ready(); /* when an older process started this one */
     event_base_dispatch(ctl.base);
     rc = 0;
 out:
     /* First: no config may be applied while the workers stop. */
     dm_admin_free(ctl.admin);
-    if (started) {
+    if (started && ctl.is_handed_over) {
+        dm_workers_stop_handover(ctl.shutdown_ms);
+        dm_log(DM_LOG_INFO, "main", "stopped (handed over to the new process)");
+    } else if (started) {
         dm_workers_stop(ctl.shutdown_ms);
         dm_log(DM_LOG_INFO, "main", "stopped");
     }
+    dm_upgrade_free(ctl.upgrade);
     dm_metrics_cleanup();
     dm_proxy_cleanup();
     if (ev_term) {
@@ -255,6 +331,9 @@ out:
     }
     if (ev_usr1) {
         event_free(ev_usr1);
+    }
+    if (ev_usr2) {
+        event_free(ev_usr2);
     }
     if (ev_rot) {
         event_free(ev_rot);
@@ -416,7 +495,8 @@ static const char run_help[] =
     "\n"
     "Runs the sites of a JSON config file (see docs/configuration.md).\n"
     "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file; SIGUSR1 reopens the\n"
-    "access log file. The admin API listens on DIR/admin.sock (doorman reload).\n"
+    "access log file; SIGUSR2 upgrades to the binary now installed at the same path.\n"
+    "The admin API listens on DIR/admin.sock (doorman reload, health, upgrade).\n"
     "\n"
     "Without --config, DOORMAN_FROM and DOORMAN_TO describe one site as\n"
     "`doorman reverse-proxy` flags would, with DOORMAN_EMAIL, DOORMAN_CA,\n"
@@ -957,12 +1037,16 @@ static const char main_help[] =
     "  account        roll over or deactivate a site's ACME account\n"
     "  reload         load a new config into the running doorman (admin socket)\n"
     "  health         check that the running doorman answers (admin socket)\n"
+    "  upgrade        replace the running doorman by the installed binary, no downtime\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
 
 int dm_cli_main(int argc, char **argv)
 {
+    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+    exe_path[n > 0 ? n : 0] = '\0';
+    saved_argv = argv;
     if (argc < 2) {
         fputs(main_help, stderr);
         return 2;
@@ -1001,6 +1085,9 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "health") == 0) {
         return dm_cli_health(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "upgrade") == 0) {
+        return dm_cli_upgrade(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;

@@ -9,5 +9,7 @@ int dm_cli_main(int argc, char **argv);
  * (cli_admin.c) with argv[0] the command name; return the exit code. */
 int dm_cli_reload(int argc, char **argv);
 int dm_cli_health(int argc, char **argv);
+/* dm_cli_upgrade runs `doorman upgrade` (POST /upgrade, cli_admin.c). */
+int dm_cli_upgrade(int argc, char **argv);
 
 #endif

@@ -37,6 +37,16 @@ static const char health_help[] =
     "Exit 0 and print \"ok\" if the doorman running on DIR answers GET /healthz on\n"
     "its admin socket, else exit 1 (for Docker HEALTHCHECK and monitoring).\n";
 
+static const char upgrade_help[] =
+    "Usage: doorman upgrade [--data-dir DIR]\n"
+    "\n"
+    "Replaces the doorman running on DIR by the executable now at its path (install\n"
+    "the new binary first) without dropping connections (POST /upgrade, same as\n"
+    "SIGUSR2): the new process inherits the listening sockets and the admin socket,\n"
+    "and once it serves, the old one stops accepting, finishes its requests and\n"
+    "exits. If the new process does not start, the old one keeps serving (see its\n"
+    "log). Exit 0 once the upgrade started.\n";
+
 struct admin_args {
     const char *config;
     const char *data_dir;
@@ -203,6 +213,37 @@ int dm_cli_health(int argc, char **argv)
         printf("ok\n");
     } else {
         fprintf(stderr, "doorman health: status %d: %s\n", status, answer);
+    }
+    free(answer);
+    return rc;
+}
+
+int dm_cli_upgrade(int argc, char **argv)
+{
+    struct admin_args a;
+    if (parse(argc, argv, "upgrade", false, &a) != 0) {
+        return 2;
+    }
+    if (a.help) {
+        fputs(upgrade_help, stdout);
+        return 0;
+    }
+    char sock[PATH_MAX];
+    if (sock_path_for(&a, "upgrade", sock, sizeof(sock)) != 0) {
+        return 1;
+    }
+    char *answer = NULL;
+    int status = 0;
+    struct dm_err err = {0};
+    if (dm_admin_call(sock, "POST", "/upgrade", NULL, NULL, 0, &status, &answer, &err) != 0) {
+        fprintf(stderr, "doorman upgrade: %s\n", err.msg);
+        return 1;
+    }
+    int rc = status == 202 ? 0 : 1;
+    if (rc == 0) {
+        printf("upgrade started: the old process exits once the new one serves\n");
+    } else {
+        fprintf(stderr, "doorman upgrade: %d: %s", status, answer);
     }
     free(answer);
     return rc;

@@ -28,6 +28,17 @@ void dm_workers_stop(uint32_t deadline_ms);
 /* dm_proxy_active_conns returns the open client connections of all workers. */
 long dm_proxy_active_conns(void);
 
+/* dm_workers_listen_fds writes the listening sockets of every worker and
+ * their ports (at most cap) for a binary upgrade; returns how many. */
+int dm_workers_listen_fds(int *out_fds, uint16_t *out_ports, int cap);
+
+/* dm_workers_stop_handover is dm_workers_stop after a binary upgrade: the
+ * workers stop accepting but keep the listening sockets (which the new
+ * process shares) open until they are done, then close them. Listening
+ * sockets the process was started with (DOORMAN_LISTEN_FDS, see upgrade.h)
+ * are taken by dm_workers_start instead of binding new ones. */
+void dm_workers_stop_handover(uint32_t deadline_ms);
+
 /* dm_workers_count returns the number of worker threads running. */
 int dm_workers_count(void);
 

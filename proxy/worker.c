@@ -24,6 +24,7 @@
 #include "proxy/iptable.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_int.h"
+#include "proxy/upgrade.h"
 
 #define WORKER_ACCEPT_BATCH 64
 #define LISTEN_BACKLOG      4096
@@ -103,6 +104,87 @@ void dm_proxy_cleanup(void)
 
 static struct dm_worker *workers;
 static int num_workers;
+/* Set before a handover stop: workers stop accepting but keep their
+ * listening descriptors open until their loop ended (see worker_on_msg). */
+static atomic_bool keep_listen_fds;
+
+/* Listening sockets inherited from the process this one upgrades (upgrade.c),
+ * taken by workers in order; what is left is closed after setup. */
+struct inherited_listener {
+    int fd;
+    uint16_t port;
+    bool is_taken;
+};
+static struct inherited_listener inherited[64];
+static int num_inherited;
+
+/* inherit_parse reads DM_UPGRADE_ENV_LISTEN ("fd:port,...") and keeps the
+ * descriptors that really are listening TCP sockets on that port. */
+static void inherit_parse(void)
+{
+    const char *v = getenv(DM_UPGRADE_ENV_LISTEN);
+    if (v == NULL) {
+        return;
+    }
+    char *copy = strdup(v);
+    unsetenv(DM_UPGRADE_ENV_LISTEN);
+    char *save = NULL;
+    for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t != NULL && num_inherited < 64;
+         t = strtok_r(NULL, ",", &save)) {
+        int fd = -1;
+        unsigned port = 0;
+        int listening = 0;
+        socklen_t len = sizeof(listening);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (sscanf(t, "%d:%u", &fd, &port) != 2 || fd < 3 ||
+            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
+            getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
+            continue;
+        }
+        uint16_t bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                                  : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        if (bound != port) {
+            continue;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        inherited[num_inherited++] = (struct inherited_listener){.fd = fd, .port = (uint16_t)port};
+    }
+    free(copy);
+}
+
+static bool inherit_has(uint16_t port)
+{
+    for (int i = 0; i < num_inherited; i++) {
+        if (inherited[i].port == port) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* inherit_take returns an untaken inherited socket for port, or -1. */
+static int inherit_take(uint16_t port)
+{
+    for (int i = 0; i < num_inherited; i++) {
+        if (!inherited[i].is_taken && inherited[i].port == port) {
+            inherited[i].is_taken = true;
+            return inherited[i].fd;
+        }
+    }
+    return -1;
+}
+
+static void inherit_close_rest(void)
+{
+    for (int i = 0; i < num_inherited; i++) {
+        if (!inherited[i].is_taken) {
+            close(inherited[i].fd);
+        }
+    }
+    num_inherited = 0;
+}
 
 /* listen_socket creates a bound, listening, non-blocking socket. With
  * reuseport, several workers may bind the same address. */
@@ -248,16 +330,38 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
     }
     if (msg & DM_WORKER_MSG_STOP) {
         w->draining = true;
-        worker_close_listeners(w);
+        if (atomic_load(&keep_listen_fds)) {
+            /* The new process accepts on the same sockets: stop watching
+             * them, close them only after the loop ended. Closing now would
+             * leave the registration in this epoll set (the socket lives on
+             * in the other process) while the deletion waits in the change
+             * list, and the loop would spin on it. */
+            for (int i = 0; i < w->num_listeners; i++) {
+                if (w->listen_evs[i] != NULL) {
+                    event_del(w->listen_evs[i]);
+                }
+            }
+        } else {
+            worker_close_listeners(w);
+        }
         uint32_t ms = atomic_load(&w->stop_deadline_ms);
         struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
         w->drain_timer = evtimer_new(w->base, worker_on_drain_deadline, w);
         evtimer_add(w->drain_timer, &tv);
         dm_upstream_pools_close_idle(w);
+        bool is_handover = atomic_load(&keep_listen_fds);
         struct dm_conn *c = w->conns;
         while (c != NULL) {
             struct dm_conn *next = c->next;
-            dm_conn_drain(c);
+            if (is_handover && (c->state == DM_CONN_HANDSHAKE ||
+                                (c->state == DM_CONN_IDLE && c->req_start_us == 0))) {
+                /* Accepted just before the handover, no request yet: the
+                 * client has nothing it could retry, so serve its first
+                 * request (with Connection: close) instead of cutting it. */
+                c->want_close = true;
+            } else {
+                dm_conn_drain(c);
+            }
             c = next;
         }
         if (w->num_conns == 0) {
@@ -314,7 +418,10 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         if (ports[i] == 0) {
             continue;
         }
-        int fd = listen_socket(cfg->bind, ports[i], true, err);
+        int fd = inherit_take(ports[i]);
+        if (fd < 0) {
+            fd = listen_socket(cfg->bind, ports[i], true, err);
+        }
         if (fd < 0) {
             return -1;
         }
@@ -346,9 +453,11 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
 {
     /* Probe each port without SO_REUSEPORT first: another process holding it
      * with SO_REUSEPORT would otherwise silently share our port. */
+    inherit_parse();
     uint16_t ports[2] = {cfg->https_port, cfg->http_port};
     for (int i = 0; i < 2; i++) {
-        if (ports[i] == 0) {
+        /* An inherited port is ours already: the old process shares it. */
+        if (ports[i] == 0 || inherit_has(ports[i])) {
             continue;
         }
         int fd = listen_socket(cfg->bind, ports[i], false, err);
@@ -379,9 +488,11 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
         w->gen = dm_gen_ref(gen);
         if (worker_setup(w, cfg, err) != 0) {
             dm_gen_unref(gen);
+            inherit_close_rest();
             return -1;
         }
     }
+    inherit_close_rest();
     dm_gen_unref(gen);
     for (int i = 0; i < n; i++) {
         if (pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]) != 0) {
@@ -428,6 +539,33 @@ int dm_workers_publish(struct cfg *cfg, struct dm_err *err)
         nanosleep(&ms, NULL);
     }
     return 0;
+}
+
+int dm_workers_listen_fds(int *out_fds, uint16_t *out_ports, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < num_workers; i++) {
+        struct dm_worker *w = &workers[i];
+        for (int k = 0; k < w->num_listeners && n < cap; k++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof(ss);
+            if (w->listen_fds[k] < 0 ||
+                getsockname(w->listen_fds[k], (struct sockaddr *)&ss, &sl) != 0) {
+                continue;
+            }
+            out_fds[n] = w->listen_fds[k];
+            out_ports[n++] = ss.ss_family == AF_INET6
+                                 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                 : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    return n;
+}
+
+void dm_workers_stop_handover(uint32_t deadline_ms)
+{
+    atomic_store(&keep_listen_fds, true);
+    dm_workers_stop(deadline_ms);
 }
 
 void dm_workers_stop(uint32_t deadline_ms)

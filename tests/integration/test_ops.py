@@ -6,9 +6,11 @@ DOORMAN_* environment variables (run outside a container: there is no Docker eng
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -173,6 +175,127 @@ class OpsTest(dmtest.DmTestCase):
         # exec: the entrypoint's pid is doorman's, so SIGTERM drains and exits 0.
         self.assertEqual(p.stop(timeout=15), 0)
         self.assertFalse(os.path.exists(os.path.join(data_dir, "admin.sock")))
+
+    def test_binary_upgrade_under_load_loses_nothing(self):
+        env = self.new_env()
+        a = env.backend("a")
+        d = self.start(env, a, workers=2)
+        sock = os.path.join(d.data_dir, "admin.sock")
+        stop = threading.Event()
+        res = {"ok": 0, "retried": 0, "fail": []}
+        lock = threading.Lock()
+
+        def once(s, f):
+            s.sendall(dmtest.request_bytes("GET", "/hello", "a.test"))
+            r = dmtest.read_response(f)
+            if r.status != 200 or r.body != b"hello from a\n":
+                raise AssertionError(f"{r.status} {r.body!r}")
+
+        def client(i):
+            s = f = None
+            n = 0
+            while not stop.is_set():
+                reused = s is not None
+                n += 1
+                try:
+                    if s is None:
+                        s = d.connect("a.test", timeout=10)
+                        f = s.makefile("rb")
+                    try:
+                        once(s, f)
+                        if n % 4 == 0:  # many new connections: the handover's accept path
+                            s.close()
+                            s = None
+                    except (dmtest.IncompleteResponse, ConnectionError, ssl.SSLError) as e:
+                        if not reused:
+                            raise
+                        # A keep-alive connection the old process closed while draining,
+                        # before any byte of an answer: an idle GET is retried on a new
+                        # connection, as HTTP clients do (RFC 9112 section 9.3.1).
+                        s.close()
+                        s = d.connect("a.test", timeout=10)
+                        f = s.makefile("rb")
+                        once(s, f)
+                        with lock:
+                            res["retried"] += 1
+                        del e
+                    with lock:
+                        res["ok"] += 1
+                except Exception as e:  # noqa: BLE001 - every failure is counted
+                    with lock:
+                        res["fail"].append(f"client {i}: {e!r}")
+                    if s is not None:
+                        s.close()
+                    s = None
+            if s is not None:
+                s.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        new_pid = None
+        try:
+            time.sleep(0.5)
+            r = dmtest.run([dmtest.doorman_bin(), "upgrade", "--data-dir", d.data_dir])
+            self.assertEqual(r.returncode, 0, text(r.stderr))  # POST /upgrade, as SIGUSR2
+            line = d.wait_log(lambda l: "new process pid" in l and "ready" in l, timeout=20,
+                              what="new process ready")
+            new_pid = int(re.search(r"new process pid (\d+)", line).group(1))
+            self.addCleanup(self.kill_pid, new_pid)
+            self.assertEqual(d.proc.wait(20), 0, "the old process did not drain and exit")
+            time.sleep(1.0)  # the new process alone
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        print(f"upgrade under load: {res['ok']} requests, {res['retried']} retried idle "
+              f"keep-alive, {len(res['fail'])} failed", file=sys.stderr)
+        self.assertEqual(res["fail"], [])
+        self.assertGreater(res["ok"], 50)
+        self.assertNotEqual(new_pid, d.proc.pid)
+        self.assertTrue(os.path.exists(f"/proc/{new_pid}"))
+        self.assertEqual(d.request("a.test", "/hello").status, 200)
+        r = dmtest.run([dmtest.doorman_bin(), "health", "--data-dir", d.data_dir])
+        self.assertEqual(r.returncode, 0, text(r.stderr))
+        # The new process owns the admin socket and removes it when it stops.
+        self.kill_pid(new_pid)
+        self.assertFalse(os.path.exists(sock))
+
+    def kill_pid(self, pid):
+        """Stops a process this test did not start directly (the upgraded doorman)."""
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+        def gone():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(") ")[1][0] in "XZ"
+            except (FileNotFoundError, ProcessLookupError):
+                return True
+        try:
+            dmtest.wait_until(gone, 15, interval=0.05, what=f"pid {pid} exit")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            raise
+
+    def test_failed_upgrade_keeps_the_old_process(self):
+        env = self.new_env()
+        a = env.backend("a")
+        d = self.start(env, a)
+        # The new process reads the same config; make it invalid so it exits at once.
+        with open(d.config_path) as f:
+            cfg = json.load(f)
+        cfg["sites"][0]["to"] = "abc"
+        with open(d.config_path, "w") as f:
+            json.dump(cfg, f)
+        d.proc.signal(signal.SIGUSR2)
+        d.wait_log(lambda l: "did not start serving" in l, timeout=20, what="failed upgrade")
+        self.assertTrue(d.proc.alive())
+        self.assertEqual(d.request("a.test", "/hello").status, 200)
+        r = dmtest.run([dmtest.doorman_bin(), "health", "--data-dir", d.data_dir])
+        self.assertEqual(r.returncode, 0, text(r.stderr))
 
     def test_entrypoint_without_a_site_explains(self):
         env = self.new_env()
