@@ -60,8 +60,7 @@ struct admin_conn {
 struct dm_admin {
     struct event_base *base; /* borrowed */
     struct dm_admin_hooks hooks;
-    struct admin_listener lis[2];
-    int num_lis;
+    struct admin_listener lis[2]; /* [0] unix socket, [1] TCP */
     char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     bool owns_sock; /* we created sock_path: remove it at exit */
     dev_t sock_dev;
@@ -647,7 +646,6 @@ static int add_listener(struct dm_admin *a, int fd, bool is_tcp, struct dm_err *
         dm_err_set(err, DM_E_NOMEM, "out of memory");
         return -1;
     }
-    a->num_lis++;
     return 0;
 }
 

@@ -186,6 +186,10 @@ static int control_upgrade(void *arg, struct dm_err *err)
         dm_err_set(err, DM_E_CONFIG, "the executable path is unknown");
         return -1;
     }
+    if (ctl->upgrade != NULL && !dm_upgrade_is_done(ctl->upgrade)) {
+        dm_err_set(err, DM_E_CONFIG, "an upgrade is already in progress");
+        return -1;
+    }
     dm_upgrade_free(ctl->upgrade); /* a finished, failed one */
     ctl->upgrade = NULL;
     int fds[64];

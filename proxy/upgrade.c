@@ -161,6 +161,11 @@ fail:
     return NULL;
 }
 
+bool dm_upgrade_is_done(const struct dm_upgrade *u)
+{
+    return u->done;
+}
+
 void dm_upgrade_free(struct dm_upgrade *u)
 {
     if (u == NULL) {

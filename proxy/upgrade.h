@@ -36,6 +36,9 @@ struct dm_upgrade *dm_upgrade_start(struct event_base *base, const char *exe, ch
                                     int admin_fd, dm_upgrade_done_cb cb, void *arg,
                                     struct dm_err *err);
 
+/* dm_upgrade_is_done tells whether u's callback ran. */
+bool dm_upgrade_is_done(const struct dm_upgrade *u);
+
 /* dm_upgrade_free releases an upgrade whose callback ran (or cancels one in
  * progress, killing the child). NULL does nothing. */
 void dm_upgrade_free(struct dm_upgrade *u);
