@@ -450,6 +450,7 @@ static char *dump(const struct cfg *c, bool is_redacted)
     put(timeouts, "connect", duration_json(t->connect_ms), &is_failed);
     put(timeouts, "response", duration_json(t->response_ms), &is_failed);
     put(timeouts, "shutdown", duration_json(t->shutdown_ms), &is_failed);
+    put(timeouts, "reload_grace", duration_json(t->reload_grace_ms), &is_failed);
     put(root, "timeouts", timeouts, &is_failed);
 
     put(limits, "request_line", json_integer(c->limits.max_line), &is_failed);

@@ -85,13 +85,15 @@ struct cfg_site {
 };
 
 struct cfg_timeouts {
-    uint32_t handshake_ms; /* TLS handshake */
-    uint32_t header_ms;    /* whole request head (slowloris) */
-    uint32_t idle_ms;      /* keep-alive between requests */
-    uint32_t body_ms;      /* max gap between body reads/writes on either side */
-    uint32_t connect_ms;   /* backend connect */
-    uint32_t response_ms;  /* backend response head after the request was sent */
-    uint32_t shutdown_ms;  /* graceful shutdown deadline */
+    uint32_t handshake_ms;    /* TLS handshake */
+    uint32_t header_ms;       /* whole request head (slowloris) */
+    uint32_t idle_ms;         /* keep-alive between requests */
+    uint32_t body_ms;         /* max gap between body reads/writes on either side */
+    uint32_t connect_ms;      /* backend connect */
+    uint32_t response_ms;     /* backend response head after the request was sent */
+    uint32_t shutdown_ms;     /* graceful shutdown deadline */
+    uint32_t reload_grace_ms; /* after a reload, connections of older configs are closed
+                                 once this has passed (WebSockets, long downloads) */
 };
 
 struct cfg_limits {

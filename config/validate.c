@@ -65,6 +65,9 @@ static const struct duration_key timeout_keys[] = {
     {"response", offsetof(struct cfg_timeouts, response_ms), 60 * CFG_MS_PER_S, CFG_MS_PER_D},
     /* A shutdown that waits longer than an hour is a stuck deploy. */
     {"shutdown", offsetof(struct cfg_timeouts, shutdown_ms), 30 * CFG_MS_PER_S, CFG_MS_PER_H},
+    /* Long enough that a reload never cuts ordinary traffic; WebSockets and
+     * downloads older than this move to the new config by reconnecting. */
+    {"reload_grace", offsetof(struct cfg_timeouts, reload_grace_ms), CFG_MS_PER_H, CFG_MS_PER_D},
 };
 
 struct limit_key {

@@ -171,6 +171,7 @@ struct dm_worker {
     bool draining;
     unsigned rr; /* round-robin cursor over a site's backends */
     struct event *drain_timer;
+    struct event *grace_timer; /* owned: closes connections of older generations */
     atomic_uint stop_deadline_ms;
     struct dm_upstream_pool *pools; /* per backend idle connections */
     /* Parsed fields point into a connection's input buffer only while its

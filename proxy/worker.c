@@ -313,6 +313,30 @@ static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(w->base, NULL);
 }
 
+/* worker_on_grace closes the connections still on an older generation once
+ * timeouts.reload_grace has passed since the last reload. */
+static void worker_on_grace(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dm_worker *w = arg;
+    int n = 0;
+    struct dm_conn *c = w->conns;
+    while (c != NULL) {
+        struct dm_conn *next = c->next;
+        if (c->gen != NULL && c->gen->cfg->generation < w->gen->cfg->generation) {
+            dm_conn_force_close(c);
+            n++;
+        }
+        c = next;
+    }
+    if (n > 0) {
+        dm_log(DM_LOG_INFO, "worker",
+               "worker %d: reload grace over, closed %d connection%s of older configs", w->id, n,
+               n == 1 ? "" : "s");
+    }
+}
+
 static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -326,6 +350,11 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
         if (g != NULL) {
             dm_gen_unref(w->gen);
             w->gen = g;
+            uint32_t ms = g->cfg->timeouts.reload_grace_ms;
+            struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+            if (w->grace_timer != NULL) {
+                evtimer_add(w->grace_timer, &tv); /* from the latest reload */
+            }
         }
     }
     if (msg & DM_WORKER_MSG_STOP) {
@@ -436,6 +465,7 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         dm_err_set_errno(err, errno, "eventfd");
         return -1;
     }
+    w->grace_timer = evtimer_new(w->base, worker_on_grace, w);
     w->msg_ev = event_new(w->base, efd, EV_READ | EV_PERSIST, worker_on_msg, w);
     event_add(w->msg_ev, NULL);
     return 0;
@@ -588,6 +618,9 @@ void dm_workers_stop(uint32_t deadline_ms)
         worker_close_listeners(w);
         if (w->drain_timer != NULL) {
             event_free(w->drain_timer);
+        }
+        if (w->grace_timer != NULL) {
+            event_free(w->grace_timer);
         }
         int efd = event_get_fd(w->msg_ev);
         event_free(w->msg_ev);

@@ -302,6 +302,36 @@ class LoadTest(dmtest.DmTestCase):
         self.assertEqual(d.request("n.test", "/hello").body, b"hello from a\n")
         self.assertEqual(d.request("a.test", "/hello").body, b"hello from b\n")
 
+    def test_reload_grace_closes_connections_of_older_configs(self):
+        env = self.new_env()
+        a, b = env.backend("a"), env.backend("b")
+        d, cfg, path, sock = self.start(env, [{"hosts": ["a.test"], "to": a.addr}],
+                                        timeouts={"reload_grace": "1s"})
+        idle = d.connect("a.test")
+        idle.sendall(dmtest.request_bytes("GET", "/hello", "a.test"))
+        self.assertEqual(dmtest.read_response(idle.makefile("rb")).status, 200)
+        busy = d.connect("a.test")
+        busy.sendall(dmtest.request_bytes("GET", "/delay?ms=5000", "a.test"))
+        new = dict(cfg)
+        new["sites"] = [{"hosts": ["a.test"], "to": b.addr}]
+        code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(new), method="POST")
+        self.assertEqual(code, 200, body)
+        start = time.monotonic()
+        # Both stay on the old config for the grace period, then are closed.
+        data, closed = dmtest.read_until_eof(idle, 4)
+        self.assertTrue(closed)
+        self.assertEqual(data, b"")
+        data, closed = dmtest.read_until_eof(busy, 4)
+        self.assertTrue(closed, "the long request outlived the grace period")
+        self.assertEqual(data, b"", "the long request was answered, not cut")
+        self.assertLess(time.monotonic() - start, 4.0)
+        self.assertGreater(time.monotonic() - start, 0.8)
+        idle.close()
+        busy.close()
+        self.assertEqual(d.request("a.test", "/hello").body, b"hello from b\n")
+        d.wait_log(lambda l: "reload grace over, closed 2 connections" in l, timeout=5,
+                   what="grace log line")
+
     def test_admin_validation_names_the_field(self):
         env = self.new_env()
         for admin, needle in (
