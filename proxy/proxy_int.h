@@ -162,6 +162,7 @@ struct dm_worker {
     struct event *listen_evs[4];
     int listen_fds[4];
     bool listen_is_tls[4];
+    uint16_t listen_ports[4];
     int num_listeners;
     struct event *msg_ev;            /* woken by the control thread */
     atomic_int pending_msg;          /* DM_WORKER_MSG_* bits */

@@ -19,6 +19,7 @@
 #include <netinet/tcp.h>
 #include <openssl/ssl.h>
 
+#include "config/config.h"
 #include "proxy/core/err.h"
 #include "proxy/core/log.h"
 #include "proxy/iptable.h"
@@ -104,6 +105,8 @@ void dm_proxy_cleanup(void)
 
 static struct dm_worker *workers;
 static int num_workers;
+/* The config the workers run (for listener changes); control thread only. */
+static struct cfg *published_cfg; /* ref */
 /* Set before a handover stop: workers stop accepting but keep their
  * listening descriptors open until their loop ended (see worker_on_msg). */
 static atomic_bool keep_listen_fds;
@@ -313,6 +316,57 @@ static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(w->base, NULL);
 }
 
+/* worker_sync_listeners makes w's listeners match next (a reload): a
+ * listener whose port, role or address stays is kept; a new one is opened
+ * (the control thread checked the port is free); a removed one first
+ * accepts what waits in its queue, then closes. */
+static void worker_sync_listeners(struct dm_worker *w, const struct cfg *cur,
+                                  const struct cfg *next)
+{
+    bool same_bind = strcmp(cur->bind, next->bind) == 0;
+    uint16_t want[2] = {next->https_port, next->http_port};
+    bool have[2] = {false, false};
+    int kept = 0;
+    for (int k = 0; k < w->num_listeners; k++) {
+        int role = w->listen_is_tls[k] ? 0 : 1;
+        if (same_bind && want[role] != 0 && w->listen_ports[k] == want[role] && !have[role]) {
+            have[role] = true;
+            w->listen_evs[kept] = w->listen_evs[k];
+            w->listen_fds[kept] = w->listen_fds[k];
+            w->listen_is_tls[kept] = w->listen_is_tls[k];
+            w->listen_ports[kept] = w->listen_ports[k];
+            kept++;
+            continue;
+        }
+        worker_on_accept(w->listen_fds[k], EV_READ, w); /* take what is queued */
+        event_free(w->listen_evs[k]);
+        close(w->listen_fds[k]);
+        dm_log(DM_LOG_INFO, "listen", "worker %d: closed port %u", w->id, w->listen_ports[k]);
+    }
+    w->num_listeners = kept;
+    for (int k = kept; k < 4; k++) {
+        w->listen_evs[k] = NULL;
+        w->listen_fds[k] = -1;
+    }
+    for (int role = 0; role < 2; role++) {
+        if (want[role] == 0 || have[role] || w->num_listeners == 4) {
+            continue;
+        }
+        struct dm_err err = {0};
+        int fd = listen_socket(next->bind, want[role], true, &err);
+        if (fd < 0) {
+            dm_log(DM_LOG_ERROR, "listen", "worker %d: %s", w->id, err.msg);
+            continue;
+        }
+        int k = w->num_listeners++;
+        w->listen_fds[k] = fd;
+        w->listen_is_tls[k] = role == 0;
+        w->listen_ports[k] = want[role];
+        w->listen_evs[k] = event_new(w->base, fd, EV_READ | EV_PERSIST, worker_on_accept, w);
+        event_add(w->listen_evs[k], NULL);
+    }
+}
+
 /* worker_on_grace closes the connections still on an older generation once
  * timeouts.reload_grace has passed since the last reload. */
 static void worker_on_grace(evutil_socket_t fd, short what, void *arg)
@@ -348,6 +402,9 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
     if (msg & DM_WORKER_MSG_GEN) {
         struct dm_gen *g = atomic_exchange(&w->next_gen, NULL);
         if (g != NULL) {
+            if (!w->draining) {
+                worker_sync_listeners(w, w->gen->cfg, g->cfg);
+            }
             dm_gen_unref(w->gen);
             w->gen = g;
             uint32_t ms = g->cfg->timeouts.reload_grace_ms;
@@ -457,6 +514,7 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         int k = w->num_listeners++;
         w->listen_fds[k] = fd;
         w->listen_is_tls[k] = i == 0;
+        w->listen_ports[k] = ports[i];
         w->listen_evs[k] = event_new(w->base, fd, EV_READ | EV_PERSIST, worker_on_accept, w);
         event_add(w->listen_evs[k], NULL);
     }
@@ -524,6 +582,8 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
     }
     inherit_close_rest();
     dm_gen_unref(gen);
+    cfg_unref(published_cfg);
+    published_cfg = cfg_ref(cfg);
     for (int i = 0; i < n; i++) {
         if (pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]) != 0) {
             dm_err_set(err, DM_E_NOMEM, "cannot start worker thread");
@@ -543,8 +603,37 @@ int dm_workers_count(void)
     return num_workers;
 }
 
+/* check_new_ports probes, without SO_REUSEPORT, every port next listens on
+ * that the running config does not, so a port held by another process
+ * refuses the reload instead of failing in the workers. */
+static int check_new_ports(const struct cfg *cur, const struct cfg *next, struct dm_err *err)
+{
+    bool same_bind = strcmp(cur->bind, next->bind) == 0;
+    uint16_t ports[2] = {next->https_port, next->http_port};
+    const char *keys[2] = {"https_port", "http_port"};
+    for (int i = 0; i < 2; i++) {
+        if (ports[i] == 0 ||
+            (same_bind && (ports[i] == cur->https_port || ports[i] == cur->http_port))) {
+            continue;
+        }
+        struct dm_err e = {0};
+        int fd = listen_socket(next->bind, ports[i], false, &e);
+        if (fd < 0) {
+            dm_err_set(err, DM_E_CONFIG, "%s: %s", keys[i], e.msg);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
 int dm_workers_publish(struct cfg *cfg, struct dm_err *err)
 {
+    if (published_cfg != NULL && check_new_ports(published_cfg, cfg, err) != 0) {
+        return -1;
+    }
+    cfg_unref(published_cfg);
+    published_cfg = cfg_ref(cfg);
     for (int i = 0; i < num_workers; i++) {
         struct dm_gen *g = dm_gen_new(cfg, err);
         if (g == NULL) {
@@ -635,4 +724,6 @@ void dm_workers_stop(uint32_t deadline_ms)
     free(workers);
     workers = NULL;
     num_workers = 0;
+    cfg_unref(published_cfg);
+    published_cfg = NULL;
 }

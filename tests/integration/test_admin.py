@@ -332,6 +332,36 @@ class LoadTest(dmtest.DmTestCase):
         d.wait_log(lambda l: "reload grace over, closed 2 connections" in l, timeout=5,
                    what="grace log line")
 
+    def test_reload_opens_and_closes_listeners(self):
+        env = self.new_env()
+        a = env.backend("a")
+        http_port = dmtest.free_port()
+        d, cfg, path, sock = self.start(env, [{"hosts": ["a.test"], "to": a.addr}],
+                                        http_port=http_port, workers=2)
+        old_port = d.https_port
+        new = dict(cfg)
+        new["https_port"] = dmtest.free_port()
+        new["http_port"] = 0
+        code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(new), method="POST")
+        self.assertEqual(code, 200, body)
+        d.https_port = new["https_port"]
+        self.assertEqual(d.request("a.test", "/hello").status, 200)
+        dmtest.wait_until(lambda: not dmtest.port_accepts(old_port), 5, what="old port closed")
+        dmtest.wait_until(lambda: not dmtest.port_accepts(http_port), 5, what="http port closed")
+        # A port another process holds refuses the reload; the running one stays.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            bad = dict(new)
+            bad["https_port"] = taken.getsockname()[1]
+            code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(bad),
+                                   method="POST")
+            self.assertEqual(code, 400, body)
+            self.assertIn("https_port: cannot listen on", json.loads(body)["error"])
+        self.assertEqual(d.request("a.test", "/hello").status, 200)
+        code, body = curl_unix(sock, "/config")
+        self.assertEqual(json.loads(body)["https_port"], new["https_port"])
+
     def test_admin_validation_names_the_field(self):
         env = self.new_env()
         for admin, needle in (
