@@ -4,6 +4,7 @@
  * worker only through its eventfd (stop, new generation). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,13 @@ static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(w->base, NULL);
 }
 
+static void worker_on_close_fd(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    close((int)(intptr_t)arg);
+}
+
 /* worker_sync_listeners makes w's listeners match next (a reload): a
  * listener whose port, role or address stays is kept; a new one is opened
  * (the control thread checked the port is free); a removed one first
@@ -339,8 +347,15 @@ static void worker_sync_listeners(struct dm_worker *w, const struct cfg *cur,
             continue;
         }
         worker_on_accept(w->listen_fds[k], EV_READ, w); /* take what is queued */
+        /* Close only after the loop applied the deletion (the change list runs
+         * at the next dispatch, timers after it): a socket another process
+         * still holds (after an upgrade) would stay registered otherwise. */
         event_free(w->listen_evs[k]);
-        close(w->listen_fds[k]);
+        struct timeval now = {0, 0};
+        if (event_base_once(w->base, -1, EV_TIMEOUT, worker_on_close_fd,
+                            (void *)(intptr_t)w->listen_fds[k], &now) != 0) {
+            close(w->listen_fds[k]);
+        }
         dm_log(DM_LOG_INFO, "listen", "worker %d: closed port %u", w->id, w->listen_ports[k]);
     }
     w->num_listeners = kept;
