@@ -1,7 +1,7 @@
 /* The admin API server: HTTP/1.1 on the control thread's loop, one request
  * per connection (answered with Connection: close), parsed by the same strict
  * parser as client requests. Every connection is bounded in size
- * (DM_ADMIN_MAX_HEAD + CFG_MAX_FILE_BYTES), time (DM_ADMIN_TIMEOUT_MS) and
+ * (DM_ADMIN_MAX_HEAD + DM_ADMIN_MAX_BODY), time (DM_ADMIN_TIMEOUT_MS) and
  * number (DM_ADMIN_MAX_CONNS). Endpoints: docs/operations.md. */
 #include "proxy/admin.h"
 
@@ -21,20 +21,18 @@
 
 #include "acme/acme.h"
 #include "config/config.h"
+#include "proxy/admin_request.h"
 #include "proxy/core/err.h"
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
-#include "proxy/http1_parse.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
 #include "proxy/upgrade.h"
 
-#define ADMIN_MAX_FIELDS 64
 #define ADMIN_READ_CHUNK 65536
-#define ADMIN_BACKLOG    16
-/* Request header naming the file a POSTed config came from: relative tls
- * paths resolve against its directory and messages name it. */
-#define ADMIN_PATH_HEADER "doorman-config-path"
+
+_Static_assert(DM_ADMIN_MAX_BODY == CFG_MAX_FILE_BYTES, "an admin body is at most one config");
+#define ADMIN_BACKLOG 16
 
 struct admin_listener {
     struct dm_admin *a; /* borrowed: the server it belongs to */
@@ -307,20 +305,19 @@ static void admin_get_metrics(struct admin_conn *c)
     evbuffer_free(b);
 }
 
-static void admin_post_load(struct admin_conn *c, const struct dm_http1_msg *m, const char *body)
+static void admin_post_load(struct admin_conn *c, const struct dm_admin_request *r,
+                            const char *body)
 {
     char name[1024] = "POST /load";
-    for (size_t i = 0; i < m->num_headers; i++) {
-        const struct dm_http1_header *h = &m->headers[i];
-        if (dm_str_ieq_lit(h->name, h->name_len, ADMIN_PATH_HEADER)) {
-            if (h->value_len == 0 || h->value[0] != '/' || h->value_len >= sizeof(name)) {
-                admin_error(c, 400, NULL,
-                            "Doorman-Config-Path must be an absolute path (under 1024 bytes)");
-                return;
-            }
-            memcpy(name, h->value, h->value_len);
-            name[h->value_len] = '\0';
+    if (r->config_path != NULL) {
+        if (r->config_path_len == 0 || r->config_path[0] != '/' ||
+            r->config_path_len >= sizeof(name)) {
+            admin_error(c, 400, NULL,
+                        "Doorman-Config-Path must be an absolute path (under 1024 bytes)");
+            return;
         }
+        memcpy(name, r->config_path, r->config_path_len);
+        name[r->config_path_len] = '\0';
     }
     struct cfg_problems problems = {0};
     struct cfg *next =
@@ -378,24 +375,14 @@ static void admin_post_upgrade(struct admin_conn *c)
     admin_respond_text(c, 202, "application/json", body, sizeof(body) - 1);
 }
 
-/* admin_token_ok checks "Authorization: Bearer TOKEN" against the running
+/* admin_token_ok checks the request's bearer token against the running
  * config's admin.token in constant time. */
-static bool admin_token_ok(struct admin_conn *c, const struct dm_http1_msg *m)
+static bool admin_token_ok(struct admin_conn *c, const struct dm_admin_request *r)
 {
     struct cfg *cfg = c->a->hooks.config_get(c->a->hooks.arg);
-    bool ok = false;
     const char *token = cfg->admin.token;
-    for (size_t i = 0; token != NULL && i < m->num_headers; i++) {
-        const struct dm_http1_header *h = &m->headers[i];
-        if (!dm_str_ieq_lit(h->name, h->name_len, "authorization") || h->value_len < 7 ||
-            !dm_str_ieq(h->value, 7, "bearer ", 7)) {
-            continue;
-        }
-        size_t tlen = strlen(token);
-        if (h->value_len - 7 == tlen && CRYPTO_memcmp(h->value + 7, token, tlen) == 0) {
-            ok = true;
-        }
-    }
+    bool ok = token != NULL && r->bearer != NULL && r->bearer_len == strlen(token) &&
+              CRYPTO_memcmp(r->bearer, token, r->bearer_len) == 0;
     cfg_unref(cfg);
     return ok;
 }
@@ -414,29 +401,21 @@ static void admin_dispatch(struct admin_conn *c)
         return;
     }
     /* Parse again over the now contiguous request: fields point into it. */
-    struct dm_http1_header fields[ADMIN_MAX_FIELDS];
-    struct dm_http1_msg m = {.headers = fields};
-    struct dm_http1_parser p;
-    struct dm_http1_limits lim = {8192, ADMIN_MAX_FIELDS, DM_ADMIN_MAX_HEAD};
-    dm_http1_parser_init(&p);
-    if (dm_http1_parse_request(&p, &m, data, c->head_len, &lim) != (ssize_t)c->head_len) {
+    struct dm_admin_request r;
+    if (dm_admin_request_parse(&r, data, c->head_len) != (ssize_t)c->head_len) {
         admin_error(c, 400, NULL, "bad request");
         return;
     }
-    if (c->is_tcp && !admin_token_ok(c, &m)) {
+    if (c->is_tcp && !admin_token_ok(c, &r)) {
         admin_error(c, 401, "WWW-Authenticate: Bearer\r\n",
                     "missing or wrong bearer token (Authorization: Bearer TOKEN)");
         return;
     }
-    const char *path = m.target;
-    size_t path_len = m.target_len;
-    const char *q = memchr(path, '?', path_len);
-    if (q != NULL) {
-        path_len = (size_t)(q - path);
-    }
-    c->is_head = dm_str_ieq_lit(m.method, m.method_len, "HEAD");
-    bool is_get = c->is_head || dm_str_ieq_lit(m.method, m.method_len, "GET");
-    bool is_post = dm_str_ieq_lit(m.method, m.method_len, "POST");
+    const char *path = r.path;
+    size_t path_len = r.path_len;
+    c->is_head = dm_str_ieq_lit(r.method, r.method_len, "HEAD");
+    bool is_get = c->is_head || dm_str_ieq_lit(r.method, r.method_len, "GET");
+    bool is_post = dm_str_ieq_lit(r.method, r.method_len, "POST");
     const char *want = NULL; /* the method the endpoint needs, if it exists */
     if (path_is(path, path_len, "/healthz")) {
         want = "GET";
@@ -465,7 +444,7 @@ static void admin_dispatch(struct admin_conn *c)
     } else if (path_is(path, path_len, "/load")) {
         want = "POST";
         if (is_post) {
-            admin_post_load(c, &m, data + c->head_len);
+            admin_post_load(c, &r, data + c->head_len);
             return;
         }
     } else if (path_is(path, path_len, "/reload")) {
@@ -485,7 +464,7 @@ static void admin_dispatch(struct admin_conn *c)
     if (want == NULL) {
         snprintf(msg, sizeof(msg),
                  "no such endpoint; try GET /healthz, /config, /certificates, "
-                 "/metrics or POST /load, /reload");
+                 "/metrics or POST /load, /reload, /upgrade");
         admin_error(c, 404, NULL, msg);
         return;
     }
@@ -503,34 +482,18 @@ static void admin_process(struct admin_conn *c)
     if (!c->has_head) {
         size_t want = len < DM_ADMIN_MAX_HEAD ? len : DM_ADMIN_MAX_HEAD;
         const char *data = (const char *)evbuffer_pullup(c->in, (ssize_t)want);
-        struct dm_http1_header fields[ADMIN_MAX_FIELDS];
-        struct dm_http1_msg m = {.headers = fields};
-        struct dm_http1_parser p;
-        struct dm_http1_limits lim = {8192, ADMIN_MAX_FIELDS, DM_ADMIN_MAX_HEAD};
-        dm_http1_parser_init(&p);
-        ssize_t n = data != NULL ? dm_http1_parse_request(&p, &m, data, want, &lim) : 0;
-        if (n == DM_PARSE_AGAIN || n == 0) {
-            if (len >= DM_ADMIN_MAX_HEAD) {
-                admin_error(c, 431, NULL, "request head too large");
-            }
+        struct dm_admin_request r;
+        ssize_t n = data != NULL ? dm_admin_request_parse(&r, data, want) : DM_PARSE_AGAIN;
+        if (n == DM_PARSE_AGAIN) {
             return;
         }
         if (n == DM_PARSE_ERROR) {
-            admin_error(c, m.error_status ? m.error_status : 400, NULL,
-                        m.error ? m.error : "bad request");
-            return;
-        }
-        if (m.body == DM_HTTP1_BODY_CHUNKED) {
-            admin_error(c, 411, NULL, "send the body with Content-Length");
-            return;
-        }
-        if (m.body == DM_HTTP1_BODY_LENGTH && m.content_length > CFG_MAX_FILE_BYTES) {
-            admin_error(c, 413, NULL, "body larger than a config may be (4 MiB)");
+            admin_error(c, r.error_status, NULL, r.error);
             return;
         }
         c->has_head = true;
-        c->head_len = (size_t)n;
-        c->body_len = m.body == DM_HTTP1_BODY_LENGTH ? (size_t)m.content_length : 0;
+        c->head_len = r.head_len;
+        c->body_len = r.body_len;
     }
     if (len < c->head_len + c->body_len) {
         return;

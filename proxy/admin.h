@@ -16,9 +16,6 @@ struct event_base;
 
 /* Name of the unix socket inside the data directory. */
 #define DM_ADMIN_SOCK_NAME "admin.sock"
-/* Largest request head and body accepted: a config is at most
- * CFG_MAX_FILE_BYTES, anything else is a few hundred bytes. */
-#define DM_ADMIN_MAX_HEAD 16384
 /* Whole request (connect to last byte) and response write, in ms. */
 #define DM_ADMIN_TIMEOUT_MS 10000
 /* Concurrent admin connections; more are closed at accept. */
