@@ -266,6 +266,27 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         fprintf(stderr, "doorman: out of memory\n");
         goto out;
     }
+    /* Signal handlers first: once the ports accept, a SIGHUP or SIGUSR1 must
+     * not find the default action (terminate). Signals that arrive before the
+     * loop runs wait for it. */
+    ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
+    ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
+    ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
+    ev_usr1 = evsignal_new(ctl.base, SIGUSR1, control_on_reopen, &ctl);
+    ev_usr2 = evsignal_new(ctl.base, SIGUSR2, control_on_usr2, &ctl);
+    ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
+    if (ev_term == NULL || ev_int == NULL || ev_hup == NULL || ev_usr1 == NULL || ev_usr2 == NULL ||
+        ev_rot == NULL) {
+        fprintf(stderr, "doorman: out of memory\n");
+        goto out;
+    }
+    struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
+    event_add(ev_term, NULL);
+    event_add(ev_int, NULL);
+    event_add(ev_hup, NULL);
+    event_add(ev_usr1, NULL);
+    event_add(ev_usr2, NULL);
+    event_add(ev_rot, &rot);
     ctl.mgr = acme_manager_new(ctl.base, ctl.store, cfg->data_dir, &err);
     if (ctl.mgr == NULL || acme_manager_apply(ctl.mgr, cfg, &err) != 0) {
         fprintf(stderr, "doorman: certificates: %s\n", err.msg);
@@ -292,19 +313,6 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         fprintf(stderr, "doorman: %s\n", err.msg);
         goto out;
     }
-    ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
-    ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
-    ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
-    ev_usr1 = evsignal_new(ctl.base, SIGUSR1, control_on_reopen, &ctl);
-    ev_usr2 = evsignal_new(ctl.base, SIGUSR2, control_on_usr2, &ctl);
-    ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
-    struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
-    event_add(ev_term, NULL);
-    event_add(ev_int, NULL);
-    event_add(ev_hup, NULL);
-    event_add(ev_usr1, NULL);
-    event_add(ev_usr2, NULL);
-    event_add(ev_rot, &rot);
     dm_log(DM_LOG_INFO, "main", "ready: https on %s port %u, http %s%u, %d workers, data %s",
            ctl.cfg->bind, ctl.cfg->https_port, ctl.cfg->http_port ? "on port " : "off",
            ctl.cfg->http_port, dm_workers_count(), ctl.cfg->data_dir);

@@ -64,6 +64,25 @@ class OpsTest(dmtest.DmTestCase):
         self.assertFalse(any("/hello?after" in l for l in read_lines(log + ".1")))
         self.assertTrue(d.proc.alive())
 
+    def test_signals_as_soon_as_the_port_accepts(self):
+        # The handlers are installed before the listeners: a SIGHUP or SIGUSR1 sent the
+        # moment the port accepts must not meet the default action (terminate).
+        env = self.new_env()
+        a = env.backend("a")
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            with self.subTest(sig=sig.name):
+                data_dir = env.new_dir()
+                port = dmtest.free_port()
+                cfg = dmtest.base_config(data_dir, port, [{"hosts": ["a.test"], "to": a.addr}])
+                d = env.doorman_run(cfg, wait=False)
+                dmtest.wait_until(lambda: dmtest.port_accepts(port, timeout=0.05) or
+                                  not d.proc.alive(), 20, interval=0.001, what="port accepts")
+                d.proc.signal(sig)
+                time.sleep(0.5)
+                self.assertTrue(d.proc.alive(), f"{sig.name} right after start killed doorman")
+                d.https_port = port
+                self.assertEqual(d.request("a.test", "/hello").status, 200)
+
     def test_common_log_format(self):
         env = self.new_env()
         a = env.backend("a")
