@@ -30,9 +30,9 @@ void dm_access_log(const struct dm_conn *c)
     char line[2048];
     int n;
     if (dm_proxy_g.access_format == CFG_LOG_COMMON) {
-        /* NCSA common log format: host ident authuser [date] "request"
-         * status bytes; the host goes into the request line's target as
-         * there is no field for it. */
+        /* NCSA common log format: client ident authuser [date] "request
+         * line" status bytes. The format has no field for the Host: use
+         * text or json for that. */
         static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
         char bytes[24] = "-";
