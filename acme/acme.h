@@ -126,6 +126,24 @@ struct acme_local_ca *acme_manager_local_ca(struct acme_manager *m, struct dm_er
  * 0 if no local certificate serves name. For tests and the admin API. */
 time_t acme_manager_next_renewal(const struct acme_manager *m, const char *name);
 
+/* ACME orders since the manager started, for metrics. */
+struct acme_order_stats {
+    uint64_t started;   /* orders sent to a CA (renewals and retries included) */
+    uint64_t succeeded; /* orders that ended with a usable certificate */
+    uint64_t failed;    /* orders that failed, or could not start */
+};
+
+/* acme_manager_order_stats fills out. Control thread only. */
+void acme_manager_order_stats(const struct acme_manager *m, struct acme_order_stats *out);
+
+/* acme_manager_cert_cb receives one served name and the not-after time of the
+ * certificate serving it (0 if none is served yet). */
+typedef void (*acme_manager_cert_cb)(const char *name, time_t not_after, void *arg);
+
+/* acme_manager_foreach_cert calls cb for every name the last apply serves,
+ * in sorted order, synchronously. Control thread only. */
+void acme_manager_foreach_cert(const struct acme_manager *m, acme_manager_cert_cb cb, void *arg);
+
 /* Certificate revocation for `doorman revoke` (RFC 8555 §7.6), revoke.c. */
 /* No reason given: the request carries no "reason" (the CA records 0). */
 #define ACME_REVOKE_NO_REASON (-1)
@@ -208,5 +226,12 @@ enum acme_od_answer acme_ondemand_request(struct acme_ondemand *od, const struct
 /* acme_ondemand_note_wait records a handshake that waited ms for an on-demand
  * certificate (got: it was served one) for the periodic summary. Any thread. */
 void acme_ondemand_note_wait(struct acme_ondemand *od, uint32_t ms, bool got);
+
+/* acme_certificates_json returns what acme_certificates_report prints as a
+ * new JSON string (caller frees): {"certificates": [{"names": [...],
+ * "issuer": "...", "not_after": RFC 3339, "renew_at": RFC 3339 or null,
+ * "expired": bool, "last_error": string or null}, ...]}. For the admin API.
+ * NULL with err on failure. */
+char *acme_certificates_json(const char *data_dir, struct dm_err *err);
 
 #endif

@@ -737,3 +737,24 @@ struct acme_ondemand *acme_manager_ondemand(struct acme_manager *m)
 {
     return m->od;
 }
+
+void acme_manager_order_stats(const struct acme_manager *m, struct acme_order_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (m != NULL && m->acme != NULL) {
+        mgr_acme_order_stats(m->acme, out);
+    }
+}
+
+void acme_manager_foreach_cert(const struct acme_manager *m, acme_manager_cert_cb cb, void *arg)
+{
+    if (m == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < m->num_served; i++) {
+        const char *name = m->served[i];
+        struct acme_cert *c = acme_store_get(m->store, name, strlen(name));
+        cb(name, c != NULL ? acme_cert_not_after(c) : 0, arg);
+        acme_cert_unref(c);
+    }
+}

@@ -153,6 +153,8 @@ struct mgr_acme_set {
     char *data_dir;               /* owned */
     struct mgr_issuer *issuers;   /* owned list */
     struct mgr_acme *entries;     /* owned list */
+    /* For metrics: orders since start (control thread only). */
+    uint64_t orders_started, orders_succeeded, orders_failed;
 };
 
 static void entry_on_timer(evutil_socket_t fd, short what, void *arg);
@@ -823,6 +825,7 @@ static void entry_on_order_done(const struct acme_order_result *res,
     e->order = NULL;
     char why[1024];
     if (res == NULL) {
+        e->set->orders_failed++;
         if (prob != NULL && prob->type[0] != '\0') {
             snprintf(why, sizeof(why), "%.100s: %.800s", acme_problem_short(prob), prob->detail);
         } else {
@@ -836,11 +839,13 @@ static void entry_on_order_done(const struct acme_order_result *res,
     struct acme_cert *c =
         acme_cert_from_pem(res->chain_pem, res->chain_len, res->key_pem, res->key_len, NULL, &e2);
     if (c == NULL) {
+        e->set->orders_failed++;
         snprintf(why, sizeof(why), "issued certificate unusable: %.900s", e2.msg);
         entry_unlock(e);
         entry_fail(e, why);
         return;
     }
+    e->set->orders_succeeded++;
     time_t renew_at = acme_renew_time(acme_cert_not_before(c), acme_cert_not_after(c));
     char issuer_id[96];
     acme_issuer_storage_id(issuer_id, sizeof(issuer_id), entry_acme(e, e->cur)->directory);
@@ -1103,10 +1108,12 @@ static void entry_order(struct mgr_acme *e)
            a->directory, e->cert != NULL ? " (renewal)" : "",
            o.replaces != NULL ? " replacing " : "", o.replaces != NULL ? o.replaces : "");
     e->order = acme_order_start(issuer->client, issuer->account, &o, entry_on_order_done, e, &err);
+    e->set->orders_started++;
     if (e->order != NULL) {
         issuer_note_order(issuer, now);
     }
     if (e->order == NULL) {
+        e->set->orders_failed++;
         entry_unlock(e);
         entry_fail(e, err.msg);
     }
@@ -1206,4 +1213,11 @@ void mgr_acme_od_nudge(struct mgr_acme *e)
     if (e->order != NULL) {
         acme_order_nudge(e->order);
     }
+}
+
+void mgr_acme_order_stats(const struct mgr_acme_set *s, struct acme_order_stats *out)
+{
+    out->started = s->orders_started;
+    out->succeeded = s->orders_succeeded;
+    out->failed = s->orders_failed;
 }

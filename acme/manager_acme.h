@@ -8,6 +8,7 @@
 #include <time.h>
 
 struct acme_cert;
+struct acme_order_stats;
 struct acme_storage;
 struct acme_store;
 struct cfg;
@@ -82,5 +83,8 @@ void mgr_acme_od_free(struct mgr_acme *e);
 void mgr_acme_od_nudge(struct mgr_acme *e);
 /* mgr_acme_od_cert returns the entry's certificate (borrowed), or NULL. */
 const struct acme_cert *mgr_acme_od_cert(const struct mgr_acme *e);
+
+/* mgr_acme_order_stats fills out with the orders counted since start. */
+void mgr_acme_order_stats(const struct mgr_acme_set *s, struct acme_order_stats *out);
 
 #endif

@@ -194,6 +194,11 @@ static void cfg_free(struct cfg *c)
     free(c->sites);
     free(c->trusted_proxies);
     free(c->access_log);
+    free(c->admin.listen);
+    if (c->admin.token != NULL) {
+        OPENSSL_cleanse(c->admin.token, strlen(c->admin.token));
+        free(c->admin.token);
+    }
     free(c->bind);
     free(c->data_dir);
     free(c);
@@ -268,7 +273,7 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug", 
 
 static const char *log_format_name(enum cfg_log_format f)
 {
-    return f == CFG_LOG_JSON ? "json" : "text";
+    return f == CFG_LOG_JSON ? "json" : f == CFG_LOG_COMMON ? "common" : "text";
 }
 
 /* put sets o[key] = v, stealing v; a NULL v (out of memory, or a string that
@@ -296,7 +301,7 @@ static json_t *duration_json(uint64_t ms)
 
 /* dump_acme returns tls.acme (or one of its fallbacks) as JSON, or NULL with
  * *is_failed set. */
-static json_t *dump_acme(const struct cfg_acme *a, bool *is_failed)
+static json_t *dump_acme(const struct cfg_acme *a, bool is_redacted, bool *is_failed)
 {
     static const char *const chal[] = {"tls-alpn-01", "http-01", "dns-01"};
     static const char *const kt[] = {"p256", "p384", "rsa2048", "rsa4096"};
@@ -322,12 +327,13 @@ static json_t *dump_acme(const struct cfg_acme *a, bool *is_failed)
     put(acme, "challenges", ch, is_failed);
     put(acme, "key_type", json_string(kt[a->key_type]), is_failed);
     if (a->eab_kid != NULL) {
-        /* The dump round-trips, so it carries the HMAC key: whatever shows
-         * it to people (the admin API) must redact it. */
+        /* The dump round-trips, so it carries the HMAC key unless redacted
+         * (what the admin API shows people). */
         json_t *eab = json_object();
         if (eab != NULL) {
             put(eab, "kid", json_string(a->eab_kid), is_failed);
-            put(eab, "hmac_key", json_string(a->eab_hmac_key), is_failed);
+            put(eab, "hmac_key", json_string(is_redacted ? CFG_REDACTED : a->eab_hmac_key),
+                is_failed);
         }
         put(acme, "eab", eab, is_failed);
     }
@@ -347,7 +353,7 @@ static json_t *dump_acme(const struct cfg_acme *a, bool *is_failed)
     if (a->num_fallbacks > 0) {
         json_t *fb = json_array();
         for (size_t i = 0; fb != NULL && i < a->num_fallbacks; i++) {
-            push(fb, dump_acme(&a->fallbacks[i], is_failed), is_failed);
+            push(fb, dump_acme(&a->fallbacks[i], is_redacted, is_failed), is_failed);
         }
         put(acme, "fallback", fb, is_failed);
     }
@@ -382,7 +388,7 @@ static json_t *dump_ondemand(const struct cfg_ondemand *d, bool *is_failed)
     return o;
 }
 
-static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
+static json_t *dump_site(const struct cfg_site *s, bool is_redacted, bool *is_failed)
 {
     json_t *o = json_object();
     json_t *hosts = json_array();
@@ -416,7 +422,7 @@ static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
             json_decref(o);
             return NULL;
         }
-        put(tls, "acme", dump_acme(s->acme, is_failed), is_failed);
+        put(tls, "acme", dump_acme(s->acme, is_redacted, is_failed), is_failed);
         if (s->on_demand != NULL) {
             put(tls, "on_demand", dump_ondemand(s->on_demand, is_failed), is_failed);
         }
@@ -427,7 +433,24 @@ static json_t *dump_site(const struct cfg_site *s, bool *is_failed)
     return o;
 }
 
-char *cfg_dump(const struct cfg *c)
+static json_t *dump_admin(const struct cfg_admin *a, bool is_redacted, bool *is_failed)
+{
+    json_t *o = json_object();
+    if (o == NULL) {
+        *is_failed = true;
+        return NULL;
+    }
+    put(o, "enabled", json_boolean(a->enabled), is_failed);
+    if (a->listen != NULL) {
+        put(o, "listen", json_string(a->listen), is_failed);
+    }
+    if (a->token != NULL) {
+        put(o, "token", json_string(is_redacted ? CFG_REDACTED : a->token), is_failed);
+    }
+    return o;
+}
+
+static char *dump(const struct cfg *c, bool is_redacted)
 {
     if (c == NULL) {
         return NULL;
@@ -466,12 +489,16 @@ char *cfg_dump(const struct cfg *c)
     put(timeouts, "connect", duration_json(t->connect_ms), &is_failed);
     put(timeouts, "response", duration_json(t->response_ms), &is_failed);
     put(timeouts, "shutdown", duration_json(t->shutdown_ms), &is_failed);
+    put(timeouts, "reload_grace", duration_json(t->reload_grace_ms), &is_failed);
     put(root, "timeouts", timeouts, &is_failed);
 
     put(limits, "request_line", json_integer(c->limits.max_line), &is_failed);
     put(limits, "header_count", json_integer(c->limits.max_headers), &is_failed);
     put(limits, "header_bytes", json_integer(c->limits.max_header_bytes), &is_failed);
     put(limits, "max_connections", json_integer(c->limits.max_connections), &is_failed);
+    put(limits, "per_ip_connections", json_integer(c->limits.per_ip_connections), &is_failed);
+    put(limits, "per_ip_rate", json_integer(c->limits.per_ip_rate), &is_failed);
+    put(limits, "per_ip_burst", json_integer(c->limits.per_ip_burst), &is_failed);
     put(root, "limits", limits, &is_failed);
 
     for (size_t i = 0; i < c->num_trusted_proxies; i++) {
@@ -497,9 +524,10 @@ char *cfg_dump(const struct cfg *c)
     put(local_ca, "lifetime", duration_json((uint64_t)c->local_lifetime_s * CFG_MS_PER_S),
         &is_failed);
     put(root, "local_ca", local_ca, &is_failed);
+    put(root, "admin", dump_admin(&c->admin, is_redacted, &is_failed), &is_failed);
 
     for (size_t i = 0; i < c->num_sites; i++) {
-        push(sites, dump_site(&c->sites[i], &is_failed), &is_failed);
+        push(sites, dump_site(&c->sites[i], is_redacted, &is_failed), &is_failed);
     }
     put(root, "sites", sites, &is_failed);
 
@@ -509,4 +537,14 @@ char *cfg_dump(const struct cfg *c)
 out:
     json_decref(root);
     return text;
+}
+
+char *cfg_dump(const struct cfg *c)
+{
+    return dump(c, false);
+}
+
+char *cfg_dump_redacted(const struct cfg *c)
+{
+    return dump(c, true);
 }

@@ -91,4 +91,11 @@ int cfg_host_matches(const char *pattern, const char *host, size_t host_len);
  * snapshot. Caller frees with free(). NULL if out of memory. */
 char *cfg_dump(const struct cfg *c);
 
+/* What cfg_dump_redacted writes in place of a secret. */
+#define CFG_REDACTED "<redacted>"
+
+/* cfg_dump_redacted is cfg_dump with every secret (EAB HMAC keys, the admin
+ * token) replaced by CFG_REDACTED: what the admin API shows. Caller frees. */
+char *cfg_dump_redacted(const struct cfg *c);
+
 #endif

@@ -106,20 +106,25 @@ struct cfg_site {
 };
 
 struct cfg_timeouts {
-    uint32_t handshake_ms; /* TLS handshake */
-    uint32_t header_ms;    /* whole request head (slowloris) */
-    uint32_t idle_ms;      /* keep-alive between requests */
-    uint32_t body_ms;      /* max gap between body reads/writes on either side */
-    uint32_t connect_ms;   /* backend connect */
-    uint32_t response_ms;  /* backend response head after the request was sent */
-    uint32_t shutdown_ms;  /* graceful shutdown deadline */
+    uint32_t handshake_ms;    /* TLS handshake */
+    uint32_t header_ms;       /* whole request head (slowloris) */
+    uint32_t idle_ms;         /* keep-alive between requests */
+    uint32_t body_ms;         /* max gap between body reads/writes on either side */
+    uint32_t connect_ms;      /* backend connect */
+    uint32_t response_ms;     /* backend response head after the request was sent */
+    uint32_t shutdown_ms;     /* graceful shutdown deadline */
+    uint32_t reload_grace_ms; /* after a reload, connections of older configs are closed
+                                 once this has passed (WebSockets, long downloads) */
 };
 
 struct cfg_limits {
-    uint32_t max_line;         /* request line bytes */
-    uint32_t max_headers;      /* number of request fields */
-    uint32_t max_header_bytes; /* request head bytes */
-    uint32_t max_connections;  /* per process; 0 = unlimited */
+    uint32_t max_line;           /* request line bytes */
+    uint32_t max_headers;        /* number of request fields */
+    uint32_t max_header_bytes;   /* request head bytes */
+    uint32_t max_connections;    /* per process; 0 = unlimited */
+    uint32_t per_ip_connections; /* open connections per client IP and worker; 0 = unlimited */
+    uint32_t per_ip_rate;        /* requests per second per client IP and worker; 0 = off */
+    uint32_t per_ip_burst;       /* token bucket size for per_ip_rate (requests) */
 };
 
 struct cfg_cidr {
@@ -130,6 +135,17 @@ struct cfg_cidr {
 enum cfg_log_format {
     CFG_LOG_TEXT = 0,
     CFG_LOG_JSON,
+    CFG_LOG_COMMON, /* access log only: NCSA common log format */
+};
+
+/* The admin API (proxy/admin.c): always on a unix socket in data_dir unless
+ * disabled; optionally also on a loopback TCP address with a bearer token. */
+struct cfg_admin {
+    bool enabled;                      /* default true */
+    char *listen;                      /* owned: "127.0.0.1:2019" as written, or NULL */
+    struct sockaddr_storage listen_ss; /* valid when listen != NULL (a loopback address) */
+    socklen_t listen_len;
+    char *token; /* owned: bearer token for TCP (secret; never logged), NULL without listen */
 };
 
 struct cfg {
@@ -153,6 +169,8 @@ struct cfg {
     enum cfg_log_format log_format;
     char *access_log; /* owned: "stderr", "off" or a file path */
     enum cfg_log_format access_log_format;
+
+    struct cfg_admin admin;
 
     uint32_t local_lifetime_s; /* local CA leaf lifetime (default 7 days; renewed with a
                                   third of it left) */

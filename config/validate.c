@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -64,6 +65,9 @@ static const struct duration_key timeout_keys[] = {
     {"response", offsetof(struct cfg_timeouts, response_ms), 60 * CFG_MS_PER_S, CFG_MS_PER_D},
     /* A shutdown that waits longer than an hour is a stuck deploy. */
     {"shutdown", offsetof(struct cfg_timeouts, shutdown_ms), 30 * CFG_MS_PER_S, CFG_MS_PER_H},
+    /* Long enough that a reload never cuts ordinary traffic; WebSockets and
+     * downloads older than this move to the new config by reconnecting. */
+    {"reload_grace", offsetof(struct cfg_timeouts, reload_grace_ms), CFG_MS_PER_H, CFG_MS_PER_D},
 };
 
 struct limit_key {
@@ -82,12 +86,19 @@ static const struct limit_key limit_keys[] = {
     {"header_count", offsetof(struct cfg_limits, max_headers), 8, 1000, 100},
     {"header_bytes", offsetof(struct cfg_limits, max_header_bytes), 1024, 1048576, 65536},
     {"max_connections", offsetof(struct cfg_limits, max_connections), 0, 10000000, 0},
+    {"per_ip_connections", offsetof(struct cfg_limits, per_ip_connections), 0, 1000000, 0},
+    {"per_ip_rate", offsetof(struct cfg_limits, per_ip_rate), 0, 1000000, 0},
+    {"per_ip_burst", offsetof(struct cfg_limits, per_ip_burst), 0, 1000000, 0},
 };
 
 static const char *const root_keys[] = {
-    "data_dir", "bind",   "https_port",      "http_port", "redirect_http", "workers",
-    "timeouts", "limits", "trusted_proxies", "log",       "local_ca",      "sites",
+    "data_dir", "bind",     "https_port", "http_port",       "redirect_http",
+    "workers",  "timeouts", "limits",     "trusted_proxies", "log",
+    "local_ca", "sites",    "admin",
 };
+static const char *const admin_keys[] = {"enabled", "listen", "token"};
+/* A shorter bearer token is guessable; 16 bytes of base64 carry 96 bits. */
+#define ADMIN_TOKEN_MIN 16
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
@@ -596,6 +607,7 @@ static struct cfg *cfg_alloc(struct check *k)
     c->log_format = CFG_LOG_TEXT;
     c->access_log_format = CFG_LOG_TEXT;
     c->local_lifetime_s = DEFAULT_LOCAL_LIFETIME_S;
+    c->admin.enabled = true;
     c->bind = check_strdup(k, DEFAULT_BIND);
     c->access_log = check_strdup(k, DEFAULT_ACCESS_LOG);
     return c;
@@ -808,6 +820,9 @@ static void read_limits(struct check *k, json_t *root, struct cfg_limits *l)
         }
         path_pop(k, m);
     }
+    if (l->per_ip_rate != 0 && l->per_ip_burst == 0) {
+        l->per_ip_burst = l->per_ip_rate; /* one second's worth */
+    }
     /* The request line is part of the head, so the head limit must hold it. */
     if (k->num_found == before && l->max_header_bytes < l->max_line) {
         size_t m = path_push_key(k, "header_bytes");
@@ -848,7 +863,8 @@ static void read_trusted_proxies(struct check *k, json_t *root, struct cfg *c)
 }
 
 /* read_log_format parses "text" or "json" at obj[key]. */
-static void read_log_format(struct check *k, json_t *obj, const char *key, enum cfg_log_format *out)
+static void read_log_format(struct check *k, json_t *obj, const char *key, bool is_access,
+                            enum cfg_log_format *out)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL) {
@@ -861,10 +877,13 @@ static void read_log_format(struct check *k, json_t *obj, const char *key, enum 
             *out = CFG_LOG_TEXT;
         } else if (strcmp(s, "json") == 0) {
             *out = CFG_LOG_JSON;
+        } else if (is_access && strcmp(s, "common") == 0) {
+            *out = CFG_LOG_COMMON;
         } else {
             char quoted[CFG_QUOTE_MAX * 6 + 8];
             quote(quoted, sizeof(quoted), s);
-            problem(k, "%s is not a log format (text, json)", quoted);
+            problem(k, "%s is not a log format (%s)", quoted,
+                    is_access ? "text, json, common" : "text, json");
         }
     }
     path_pop(k, mark);
@@ -893,7 +912,7 @@ static void read_log(struct check *k, json_t *root, struct cfg *c)
         }
         path_pop(k, m);
     }
-    read_log_format(k, obj, "format", &c->log_format);
+    read_log_format(k, obj, "format", false, &c->log_format);
     if ((v = json_object_get(obj, "access")) != NULL) {
         size_t m = path_push_key(k, "access");
         const char *s = read_string(k, v);
@@ -911,7 +930,92 @@ static void read_log(struct check *k, json_t *root, struct cfg *c)
         }
         path_pop(k, m);
     }
-    read_log_format(k, obj, "access_format", &c->access_log_format);
+    read_log_format(k, obj, "access_format", true, &c->access_log_format);
+    path_pop(k, mark);
+}
+
+static bool addr_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+        return a[0] == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    }
+    return false;
+}
+
+/* read_admin reads the admin API section. The API can replace the whole
+ * config, so TCP is allowed only on loopback and only with a token. */
+static void read_admin(struct check *k, json_t *root, struct cfg *c)
+{
+    char quoted[CFG_QUOTE_MAX * 6 + 8];
+    size_t mark;
+    json_t *obj = read_section(k, root, "admin", admin_keys, NUM(admin_keys), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    json_t *v;
+    if ((v = json_object_get(obj, "enabled")) != NULL) {
+        size_t m = path_push_key(k, "enabled");
+        if (json_is_boolean(v)) {
+            c->admin.enabled = json_is_true(v);
+        } else {
+            problem_type(k, "a boolean", v);
+        }
+        path_pop(k, m);
+    }
+    if ((v = json_object_get(obj, "listen")) != NULL) {
+        size_t m = path_push_key(k, "listen");
+        const char *s = read_string(k, v);
+        if (s != NULL) {
+            struct cfg_addr a;
+            char msg[CFG_MSG_MAX];
+            memset(&a, 0, sizeof(a));
+            quote(quoted, sizeof(quoted), s);
+            if (cfg_addr_parse(&a, s, msg, sizeof(msg)) != 0) {
+                problem(k, "%s", msg);
+            } else if (a.kind != CFG_ADDR_IP || !addr_is_loopback(&a.ss)) {
+                problem(k,
+                        "%s is not a loopback address: the admin API listens on 127.0.0.1 or "
+                        "[::1] only (like \"127.0.0.1:2019\")",
+                        quoted);
+            } else {
+                c->admin.listen = check_strdup(k, s);
+                c->admin.listen_ss = a.ss;
+                c->admin.listen_len = a.ss_len;
+            }
+            cfg_addr_cleanup(&a);
+        }
+        path_pop(k, m);
+    }
+    if ((v = json_object_get(obj, "token")) != NULL) {
+        size_t m = path_push_key(k, "token");
+        const char *s = read_string(k, v);
+        if (s != NULL) {
+            size_t len = strlen(s);
+            bool is_printable = true;
+            for (size_t i = 0; i < len; i++) {
+                is_printable &= s[i] > 0x20 && s[i] < 0x7f;
+            }
+            if (len < ADMIN_TOKEN_MIN || !is_printable) {
+                /* Never quote the secret back. */
+                problem(k, "must be at least %d printable characters without spaces, got %zu",
+                        ADMIN_TOKEN_MIN, len);
+            } else {
+                c->admin.token = check_strdup(k, s);
+            }
+        }
+        path_pop(k, m);
+    }
+    if (c->admin.listen != NULL && c->admin.token == NULL &&
+        json_object_get(obj, "token") == NULL) {
+        size_t m = path_push_key(k, "token");
+        problem(k, "required with admin.listen: TCP clients authenticate with "
+                   "\"Authorization: Bearer TOKEN\"");
+        path_pop(k, m);
+    }
     path_pop(k, mark);
 }
 
@@ -1672,6 +1776,7 @@ struct cfg *cfg_build(json_t *root, const char *name, const char *data_dir_overr
     read_trusted_proxies(&k, root, c);
     read_log(&k, root, c);
     read_local_ca(&k, root, c);
+    read_admin(&k, root, c);
     read_sites(&k, root, c);
     path_set(&k, "data_dir");
     resolve_data_dir(&k, c, data_dir_override, data_dir);

@@ -12,6 +12,7 @@
 
 void dm_access_log(const struct dm_conn *c)
 {
+    dm_metrics_on_request(c);
     int fd = dm_proxy_g.access_fd;
     if (fd < 0) {
         return;
@@ -28,7 +29,22 @@ void dm_access_log(const struct dm_conn *c)
     const char *proto = c->is_http10 ? "HTTP/1.0" : "HTTP/1.1";
     char line[2048];
     int n;
-    if (dm_proxy_g.access_json) {
+    if (dm_proxy_g.access_format == CFG_LOG_COMMON) {
+        /* NCSA common log format: client ident authuser [date] "request
+         * line" status bytes. The format has no field for the Host: use
+         * text or json for that. */
+        static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        char bytes[24] = "-";
+        if (c->resp_bytes > 0) {
+            snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)c->resp_bytes);
+        }
+        n = snprintf(line, sizeof(line),
+                     "%s - - [%02d/%s/%04d:%02d:%02d:%02d +0000] \"%s %s %s\" %d %s\n", c->peer_ip,
+                     tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, c->method[0] ? c->method : "-", c->path[0] ? c->path : "-", proto,
+                     c->status, bytes);
+    } else if (dm_proxy_g.access_json) {
         char m[64], h[600], p[1100];
         dm_str_json_escape(m, sizeof(m), c->method);
         dm_str_json_escape(h, sizeof(h), c->host);

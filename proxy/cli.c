@@ -23,10 +23,13 @@
 
 #include "acme/acme.h"
 #include "config/config.h"
+#include "proxy/admin.h"
 #include "proxy/core/err.h"
 #include "proxy/core/file.h"
 #include "proxy/core/log.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "proxy/upgrade.h"
 
 #define TICKET_ROTATE_S 3600
 
@@ -38,7 +41,16 @@ struct control {
     const char *config_path;   /* NULL for reverse-proxy */
     const char *data_dir_flag; /* may be NULL */
     uint32_t shutdown_ms;
+    struct dm_admin *admin;     /* owned; NULL when admin.enabled is false */
+    struct dm_upgrade *upgrade; /* owned: a binary upgrade in progress */
+    bool is_handed_over;        /* the new process serves: drain, keep its sockets */
 };
+
+/* The executable and arguments this process was started with, for a binary
+ * upgrade: the path is resolved at start, because once the file is replaced
+ * /proc/self/exe names the old, deleted one. */
+static char exe_path[PATH_MAX];
+static char **saved_argv;
 
 static void print_problems(const char *what, const struct cfg_problems *p)
 {
@@ -69,6 +81,66 @@ static void control_on_stop(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(ctl->base);
 }
 
+/* control_apply makes next (borrowed; validated) the running config: the
+ * certificate manager first, then every worker for new connections. The
+ * listeners, access log and admin API stay as started. Returns 0, or -1 with
+ * err and the old config still running. Shared by SIGHUP and the admin API. */
+static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (acme_manager_apply(ctl->mgr, next, err) != 0) {
+        return -1;
+    }
+    if (dm_workers_publish(next, err) != 0) {
+        /* Workers keep the old generation; put the manager back on it too. */
+        struct dm_err e2 = {0};
+        acme_manager_apply(ctl->mgr, ctl->cfg, &e2);
+        return -1;
+    }
+    cfg_unref(ctl->cfg);
+    ctl->cfg = cfg_ref(next);
+    ctl->shutdown_ms = next->timeouts.shutdown_ms;
+    return 0;
+}
+
+static struct cfg *control_config_get(void *arg)
+{
+    struct control *ctl = arg;
+    return cfg_ref(ctl->cfg);
+}
+
+/* control_reload_file re-reads the config file (SIGHUP, POST /reload). */
+static int control_reload_file(void *arg, uint64_t *out_gen, struct cfg_problems *out_problems,
+                               struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (ctl->config_path == NULL) {
+        dm_err_set(err, DM_E_CONFIG,
+                   "nothing to reload: doorman runs without a config file (use POST /load)");
+        return -1;
+    }
+    struct cfg *next =
+        cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), out_problems);
+    if (next == NULL) {
+        for (size_t i = 0; i < out_problems->num_items; i++) {
+            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)", ctl->config_path,
+                   out_problems->items[i]);
+        }
+        dm_err_set(err, DM_E_CONFIG, "%s is invalid", ctl->config_path);
+        return -1;
+    }
+    int rc = control_apply(ctl, next, err);
+    if (rc != 0) {
+        dm_log(DM_LOG_ERROR, "reload", "%s (keeping the running config)", err->msg);
+    } else {
+        *out_gen = next->generation;
+        dm_log(DM_LOG_INFO, "reload", "config %s reloaded (generation %llu)", ctl->config_path,
+               (unsigned long long)next->generation);
+    }
+    cfg_unref(next);
+    return rc;
+}
+
 static void control_on_reload(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
@@ -78,28 +150,87 @@ static void control_on_reload(evutil_socket_t sig, short what, void *arg)
         dm_log(DM_LOG_INFO, "main", "SIGHUP: nothing to reload (no config file)");
         return;
     }
+    uint64_t gen = 0;
     struct cfg_problems problems = {0};
-    struct cfg *next =
-        cfg_load_file(ctl->config_path, data_dir_override(ctl->data_dir_flag), &problems);
-    if (next == NULL) {
-        for (size_t i = 0; i < problems.num_items; i++) {
-            dm_log(DM_LOG_ERROR, "reload", "%s: %s (keeping the running config)", ctl->config_path,
-                   problems.items[i]);
-        }
-        cfg_problems_cleanup(&problems);
-        return;
-    }
     struct dm_err err = {0};
-    if (acme_manager_apply(ctl->mgr, next, &err) != 0 || dm_workers_publish(next, &err) != 0) {
-        dm_log(DM_LOG_ERROR, "reload", "%s (keeping the running config)", err.msg);
-        cfg_unref(next);
+    control_reload_file(ctl, &gen, &problems, &err);
+    cfg_problems_cleanup(&problems);
+}
+
+static void control_on_upgrade_done(void *arg, bool is_ready, pid_t pid)
+{
+    struct control *ctl = arg;
+    if (!is_ready) {
+        dm_log(DM_LOG_ERROR, "upgrade",
+               "new process %d did not start serving (exited, or not ready within %d s); "
+               "this one keeps serving",
+               (int)pid, DM_UPGRADE_TIMEOUT_MS / 1000);
+        return; /* freed by the next upgrade or at exit */
+    }
+    dm_log(DM_LOG_INFO, "upgrade", "new process pid %d ready; draining and exiting (deadline %ums)",
+           (int)pid, ctl->shutdown_ms);
+    ctl->is_handed_over = true;
+    dm_admin_disown(ctl->admin);
+    event_base_loopbreak(ctl->base);
+}
+
+/* control_upgrade starts the binary upgrade (SIGUSR2, POST /upgrade). */
+static int control_upgrade(void *arg, struct dm_err *err)
+{
+    struct control *ctl = arg;
+    if (ctl->is_handed_over) {
+        dm_err_set(err, DM_E_CONFIG, "an upgrade already handed over; this process is exiting");
+        return -1;
+    }
+    if (exe_path[0] == '\0' || saved_argv == NULL) {
+        dm_err_set(err, DM_E_CONFIG, "the executable path is unknown");
+        return -1;
+    }
+    if (ctl->upgrade != NULL && !dm_upgrade_is_done(ctl->upgrade)) {
+        dm_err_set(err, DM_E_CONFIG, "an upgrade is already in progress");
+        return -1;
+    }
+    dm_upgrade_free(ctl->upgrade); /* a finished, failed one */
+    ctl->upgrade = NULL;
+    int fds[64];
+    uint16_t ports16[64];
+    unsigned short ports[64];
+    int n = dm_workers_listen_fds(fds, ports16, 64);
+    for (int i = 0; i < n; i++) {
+        ports[i] = ports16[i];
+    }
+    ctl->upgrade =
+        dm_upgrade_start(ctl->base, exe_path, saved_argv, fds, ports, n,
+                         dm_admin_unix_fd(ctl->admin), control_on_upgrade_done, ctl, err);
+    if (ctl->upgrade == NULL) {
+        return -1;
+    }
+    dm_log(DM_LOG_INFO, "upgrade", "starting %s with %d listening sockets", exe_path, n);
+    return 0;
+}
+
+static void control_on_usr2(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct dm_err err = {0};
+    if (control_upgrade(arg, &err) != 0) {
+        dm_log(DM_LOG_ERROR, "upgrade", "SIGUSR2: %s", err.msg);
+    }
+}
+
+/* control_on_reopen reopens the access log file (SIGUSR1, for logrotate). */
+static void control_on_reopen(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    struct dm_err err = {0};
+    if (dm_access_log_reopen(&err) != 0) {
+        dm_log(DM_LOG_ERROR, "main", "SIGUSR1: %s (still writing to the old file)", err.msg);
         return;
     }
-    cfg_unref(ctl->cfg);
-    ctl->cfg = next;
-    ctl->shutdown_ms = next->timeouts.shutdown_ms;
-    dm_log(DM_LOG_INFO, "reload", "config %s reloaded (generation %llu)", ctl->config_path,
-           (unsigned long long)next->generation);
+    dm_log(DM_LOG_INFO, "main", "SIGUSR1: access log reopened");
 }
 
 static void control_on_rotate(evutil_socket_t fd, short what, void *arg)
@@ -119,7 +250,8 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
                           .config_path = config_path,
                           .data_dir_flag = data_dir_flag,
                           .shutdown_ms = cfg->timeouts.shutdown_ms};
-    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_rot = NULL, *ev_usr1 = NULL,
+                 *ev_usr2 = NULL;
     bool started = false;
 
     dm_log_setup((enum dm_log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON, 2);
@@ -134,6 +266,27 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         fprintf(stderr, "doorman: out of memory\n");
         goto out;
     }
+    /* Signal handlers first: once the ports accept, a SIGHUP or SIGUSR1 must
+     * not find the default action (terminate). Signals that arrive before the
+     * loop runs wait for it. */
+    ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
+    ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
+    ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
+    ev_usr1 = evsignal_new(ctl.base, SIGUSR1, control_on_reopen, &ctl);
+    ev_usr2 = evsignal_new(ctl.base, SIGUSR2, control_on_usr2, &ctl);
+    ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
+    if (ev_term == NULL || ev_int == NULL || ev_hup == NULL || ev_usr1 == NULL || ev_usr2 == NULL ||
+        ev_rot == NULL) {
+        fprintf(stderr, "doorman: out of memory\n");
+        goto out;
+    }
+    struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
+    event_add(ev_term, NULL);
+    event_add(ev_int, NULL);
+    event_add(ev_hup, NULL);
+    event_add(ev_usr1, NULL);
+    event_add(ev_usr2, NULL);
+    event_add(ev_rot, &rot);
     ctl.mgr = acme_manager_new(ctl.base, ctl.store, cfg->data_dir, &err);
     if (ctl.mgr == NULL || acme_manager_apply(ctl.mgr, cfg, &err) != 0) {
         fprintf(stderr, "doorman: certificates: %s\n", err.msg);
@@ -153,25 +306,36 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
         goto out;
     }
     started = true;
-    ev_term = evsignal_new(ctl.base, SIGTERM, control_on_stop, &ctl);
-    ev_int = evsignal_new(ctl.base, SIGINT, control_on_stop, &ctl);
-    ev_hup = evsignal_new(ctl.base, SIGHUP, control_on_reload, &ctl);
-    ev_rot = event_new(ctl.base, -1, EV_PERSIST, control_on_rotate, NULL);
-    struct timeval rot = {.tv_sec = TICKET_ROTATE_S};
-    event_add(ev_term, NULL);
-    event_add(ev_int, NULL);
-    event_add(ev_hup, NULL);
-    event_add(ev_rot, &rot);
+    struct dm_admin_hooks hooks = {.config_get = control_config_get,
+                                   .apply = control_apply,
+                                   .reload_file = control_reload_file,
+                                   .upgrade = control_upgrade,
+                                   .data_dir_override = data_dir_override(data_dir_flag),
+                                   .mgr = ctl.mgr,
+                                   .arg = &ctl};
+    ctl.admin = dm_admin_start(ctl.base, cfg, &hooks, &err);
+    if (ctl.admin == NULL && cfg->admin.enabled) {
+        fprintf(stderr, "doorman: %s\n", err.msg);
+        goto out;
+    }
     dm_log(DM_LOG_INFO, "main", "ready: https on %s port %u, http %s%u, %d workers, data %s",
-           cfg->bind, cfg->https_port, cfg->http_port ? "on port " : "off", cfg->http_port,
-           dm_workers_count(), cfg->data_dir);
+           ctl.cfg->bind, ctl.cfg->https_port, ctl.cfg->http_port ? "on port " : "off",
+           ctl.cfg->http_port, dm_workers_count(), ctl.cfg->data_dir);
+    dm_upgrade_notify_ready(); /* when an older process started this one */
     event_base_dispatch(ctl.base);
     rc = 0;
 out:
-    if (started) {
+    /* First: no config may be applied while the workers stop. */
+    dm_admin_free(ctl.admin);
+    if (started && ctl.is_handed_over) {
+        dm_workers_stop_handover(ctl.shutdown_ms);
+        dm_log(DM_LOG_INFO, "main", "stopped (handed over to the new process)");
+    } else if (started) {
         dm_workers_stop(ctl.shutdown_ms);
         dm_log(DM_LOG_INFO, "main", "stopped");
     }
+    dm_upgrade_free(ctl.upgrade);
+    dm_metrics_cleanup();
     dm_proxy_cleanup();
     if (ev_term) {
         event_free(ev_term);
@@ -181,6 +345,12 @@ out:
     }
     if (ev_hup) {
         event_free(ev_hup);
+    }
+    if (ev_usr1) {
+        event_free(ev_usr1);
+    }
+    if (ev_usr2) {
+        event_free(ev_usr2);
     }
     if (ev_rot) {
         event_free(ev_rot);
@@ -361,11 +531,19 @@ static int parse_args(int argc, char **argv, const char *cmd, const int *allowed
 
 static const char run_help[] =
     "Usage: doorman run --config FILE [--data-dir DIR]\n"
+    "       DOORMAN_FROM=NAME DOORMAN_TO=ADDR[,ADDR...] doorman run [--data-dir DIR]\n"
     "\n"
     "Runs the sites of a JSON config file (see docs/configuration.md).\n"
-    "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file.\n"
+    "SIGTERM/SIGINT stop gracefully; SIGHUP reloads the file; SIGUSR1 reopens the\n"
+    "access log file; SIGUSR2 upgrades to the binary now installed at the same path.\n"
+    "The admin API listens on DIR/admin.sock (doorman reload, health, upgrade).\n"
     "\n"
-    "  --config FILE    the config file (required)\n"
+    "Without --config, DOORMAN_FROM and DOORMAN_TO describe one site as\n"
+    "`doorman reverse-proxy` flags would, with DOORMAN_EMAIL, DOORMAN_CA,\n"
+    "DOORMAN_CA_ROOT, DOORMAN_HTTPS_PORT, DOORMAN_HTTP_PORT, DOORMAN_BIND and\n"
+    "DOORMAN_DATA_DIR for the other flags.\n"
+    "\n"
+    "  --config FILE    the config file\n"
     "  --data-dir DIR   where certificates and keys live (also DOORMAN_DATA_DIR;\n"
     "                   default /var/lib/doorman for root, else ~/.local/share/doorman)\n";
 
@@ -444,6 +622,87 @@ static int resolve_data_dir(const struct args *a, const char *cmd, char *dir, si
     return 0;
 }
 
+/* serve_quick runs one site from reverse-proxy flags (or the DOORMAN_*
+ * variables that stand for them). */
+static int serve_quick(struct args *a)
+{
+    struct cfg_quick q = {.from = a->from,
+                          .to = a->to,
+                          .num_to = a->num_to,
+                          .https_port = a->https_port,
+                          .http_port = a->http_port,
+                          .data_dir = data_dir_override(a->data_dir),
+                          .bind = a->bind,
+                          .ca = a->ca,
+                          .ca_root = a->ca_root,
+                          .email = a->email,
+                          .on_demand = a->on_demand,
+                          .ask = a->ask,
+                          .allow = a->allow,
+                          .num_allow = a->num_allow};
+    struct cfg_problems problems = {0};
+    struct cfg *cfg = cfg_from_quick(&q, &problems);
+    if (cfg == NULL) {
+        print_problems(NULL, &problems);
+        cfg_problems_cleanup(&problems);
+        return 1;
+    }
+    return serve(cfg, NULL, a->data_dir);
+}
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* run_from_env serves the one site that DOORMAN_FROM, DOORMAN_TO (several
+ * backends separated by commas) and the other DOORMAN_* variables describe,
+ * exactly as `doorman reverse-proxy` would with the matching flags: the
+ * container and systemd way to run without a config file. */
+static int run_from_env(const struct args *flags)
+{
+    struct args a = *flags;
+    a.from = env_nonempty("DOORMAN_FROM");
+    a.ca = env_nonempty("DOORMAN_CA");
+    a.ca_root = env_nonempty("DOORMAN_CA_ROOT");
+    a.email = env_nonempty("DOORMAN_EMAIL");
+    a.bind = env_nonempty("DOORMAN_BIND");
+    a.https_port = a.http_port = -1;
+    const char *v;
+    if ((v = env_nonempty("DOORMAN_HTTPS_PORT")) != NULL &&
+        parse_port("DOORMAN_HTTPS_PORT", v, &a.https_port) != 0) {
+        return 2;
+    }
+    if ((v = env_nonempty("DOORMAN_HTTP_PORT")) != NULL &&
+        parse_port("DOORMAN_HTTP_PORT", v, &a.http_port) != 0) {
+        return 2;
+    }
+    char *to = strdup(env_nonempty("DOORMAN_TO"));
+    if (to == NULL) {
+        fprintf(stderr, "doorman: out of memory\n");
+        return 1;
+    }
+    a.num_to = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(to, ", ", &save); t != NULL; t = strtok_r(NULL, ", ", &save)) {
+        if (a.num_to == sizeof(a.to) / sizeof(a.to[0])) {
+            fprintf(stderr, "doorman run: DOORMAN_TO: too many backends\n");
+            free(to);
+            return 2;
+        }
+        a.to[a.num_to++] = t;
+    }
+    if (a.num_to == 0) {
+        fprintf(stderr, "doorman run: DOORMAN_TO names no backend\n");
+        free(to);
+        return 2;
+    }
+    int rc = serve_quick(&a);
+    free(to);
+    return rc;
+}
+
 static int cmd_run(int argc, char **argv)
 {
     static const int allowed[] = {OPT_CONFIG, OPT_DATA_DIR};
@@ -455,8 +714,13 @@ static int cmd_run(int argc, char **argv)
         fputs(run_help, stdout);
         return 0;
     }
+    if (a.config == NULL && env_nonempty("DOORMAN_FROM") != NULL &&
+        env_nonempty("DOORMAN_TO") != NULL) {
+        return run_from_env(&a);
+    }
     if (a.config == NULL) {
-        fprintf(stderr, "doorman run: --config FILE is required\n");
+        fprintf(stderr, "doorman run: --config FILE is required (or set DOORMAN_FROM and "
+                        "DOORMAN_TO for one site)\n");
         return 2;
     }
     struct cfg *cfg = load_config(&a);
@@ -489,28 +753,7 @@ static int cmd_reverse_proxy(int argc, char **argv)
                         "required\n");
         return 2;
     }
-    struct cfg_quick q = {.from = a.from,
-                          .to = a.to,
-                          .num_to = a.num_to,
-                          .https_port = a.https_port,
-                          .http_port = a.http_port,
-                          .data_dir = data_dir_override(a.data_dir),
-                          .bind = a.bind,
-                          .ca = a.ca,
-                          .ca_root = a.ca_root,
-                          .email = a.email,
-                          .on_demand = a.on_demand,
-                          .ask = a.ask,
-                          .allow = a.allow,
-                          .num_allow = a.num_allow};
-    struct cfg_problems problems = {0};
-    struct cfg *cfg = cfg_from_quick(&q, &problems);
-    if (cfg == NULL) {
-        print_problems(NULL, &problems);
-        cfg_problems_cleanup(&problems);
-        return 1;
-    }
-    return serve(cfg, NULL, a.data_dir);
+    return serve_quick(&a);
 }
 
 static int cmd_validate(int argc, char **argv)
@@ -850,12 +1093,18 @@ static const char main_help[] =
     "  certificates   list the certificates in the data directory\n"
     "  revoke         revoke a site's stored ACME certificate\n"
     "  account        roll over or deactivate a site's ACME account\n"
+    "  reload         load a new config into the running doorman (admin socket)\n"
+    "  health         check that the running doorman answers (admin socket)\n"
+    "  upgrade        replace the running doorman by the installed binary, no downtime\n"
     "  version        print the version\n"
     "\n"
     "Run 'doorman <command> --help' for a command's options.\n";
 
 int dm_cli_main(int argc, char **argv)
 {
+    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+    exe_path[n > 0 ? n : 0] = '\0';
+    saved_argv = argv;
     if (argc < 2) {
         fputs(main_help, stderr);
         return 2;
@@ -888,6 +1137,15 @@ int dm_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "account") == 0) {
         return cmd_account(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "reload") == 0) {
+        return dm_cli_reload(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "health") == 0) {
+        return dm_cli_health(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "upgrade") == 0) {
+        return dm_cli_upgrade(argc - 1, argv + 1);
     }
     fprintf(stderr, "doorman: unknown command \"%s\"\n\n%s", cmd, main_help);
     return 2;

@@ -167,6 +167,7 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
     w->conns = c;
     w->num_conns++;
     atomic_fetch_add(&dm_proxy_g.num_conns, 1);
+    dm_limits_conn_opened(c);
 
     if (is_tls) {
         c->ssl = SSL_new(dm_proxy_g.ssl_ctx);
@@ -296,6 +297,7 @@ static void conn_close(struct dm_conn *c)
     }
     w->num_conns--;
     atomic_fetch_sub(&dm_proxy_g.num_conns, 1);
+    dm_limits_conn_closed(c);
     dm_gen_unref(c->gen);
     c->gen = NULL;
     if (w->draining && w->num_conns == 0) {
@@ -367,6 +369,8 @@ static const char *status_text(int status)
         return "Expectation Failed";
     case 421:
         return "Misdirected Request";
+    case 429:
+        return "Too Many Requests";
     case 431:
         return "Request Header Fields Too Large";
     case 501:
@@ -756,6 +760,12 @@ static void conn_start_request(struct dm_conn *c, size_t head_len)
             return;
         }
     }
+    char retry[40]; /* per-IP request rate (limits.c): 429 with Retry-After */
+    if (dm_limits_request(c, retry, sizeof(retry)) != 0) {
+        evbuffer_drain(c->in, head_len);
+        conn_respond(c, 429, retry, "429 Too Many Requests\n", has_body);
+        return;
+    }
     if (c->ssl == NULL && cfg->redirect_http) {
         if (c->host[0] == '\0') {
             evbuffer_drain(c->in, head_len);
@@ -917,6 +927,7 @@ static void conn_handshake(struct dm_conn *c)
 {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
+        dm_metrics_on_handshake(c, true, 0);
         if (c->od_wait_us != 0) {
             /* Reads were off while parked; the request is still to come. */
             conn_od_end(c, true);
@@ -956,6 +967,7 @@ static void conn_handshake(struct dm_conn *c)
         event_add(&c->wev, NULL);
         return;
     }
+    dm_metrics_on_handshake(c, false, e);
     if (dm_log_enabled(DM_LOG_DEBUG)) {
         struct dm_err err;
         dm_err_set_tls(&err, "handshake");
@@ -993,6 +1005,7 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         goto out; /* a stale activation: backpressure holds the input */
     }
     size_t n = conn_read_socket(c);
+    dm_metrics_bytes_in(c->w->metrics, n);
     if (n > 0 && c->state == DM_CONN_PROXY && !c->req_body_done) {
         conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
     }
@@ -1126,6 +1139,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dm_conn *c = arg;
     conn_hold(c);
+    dm_metrics_on_timer(c);
     if (c->state == DM_CONN_HANDSHAKE && c->od_wait_us != 0 && !c->is_od_expired) {
         /* The certificate did not come in time: the callback now fails the
          * handshake, so the client gets an alert rather than a silent close. */

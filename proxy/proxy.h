@@ -32,11 +32,31 @@ struct acme_ondemand;
 void dm_proxy_set_ondemand(struct acme_ondemand *od);
 void dm_workers_wake_ondemand(void *arg);
 
+/* dm_proxy_active_conns returns the open client connections of all workers. */
+long dm_proxy_active_conns(void);
+
+/* dm_workers_listen_fds writes the listening sockets of every worker and
+ * their ports (at most cap) for a binary upgrade; returns how many. */
+int dm_workers_listen_fds(int *out_fds, uint16_t *out_ports, int cap);
+
+/* dm_workers_stop_handover is dm_workers_stop after a binary upgrade: the
+ * workers stop accepting but keep the listening sockets (which the new
+ * process shares) open until they are done, then close them. Listening
+ * sockets the process was started with (DOORMAN_LISTEN_FDS, see upgrade.h)
+ * are taken by dm_workers_start instead of binding new ones. */
+void dm_workers_stop_handover(uint32_t deadline_ms);
+
 /* dm_workers_count returns the number of worker threads running. */
 int dm_workers_count(void);
 
 /* dm_tls_ticket_keys_rotate: see tls.c; call periodically from the control thread. */
 void dm_tls_ticket_keys_rotate(void);
+
+/* dm_access_log_reopen reopens the access log file (SIGUSR1, for logrotate):
+ * the new file is opened first and swapped in atomically, so a failure keeps
+ * the old one. Nothing to do for stderr or off. Returns 0 or -1 with err.
+ * Control thread. */
+int dm_access_log_reopen(struct dm_err *err);
 
 /* dm_proxy_cleanup frees the TLS context and closes the access log. */
 void dm_proxy_cleanup(void);

@@ -16,6 +16,7 @@
 
 #include "config/config_types.h"
 #include "proxy/http1_parse.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy.h"
 
 struct evbuffer;
@@ -48,6 +49,7 @@ struct dm_gen {
     atomic_int refs;
     struct cfg *cfg;        /* ref */
     struct dm_route *route; /* owned */
+    uint16_t *site_metric;  /* owned: metrics label index of each cfg site */
     uint32_t max_headers;
     struct dm_http1_limits req_limits;
     struct dm_http1_limits resp_limits;
@@ -69,14 +71,19 @@ struct dm_proxy {
     struct acme_ondemand *ondemand; /* borrowed; NULL: no on-demand service */
     atomic_int num_conns;           /* open client connections, all workers */
     atomic_uint_fast64_t next_conn_id;
-    int access_fd; /* -1 = off */
+    int access_fd; /* -1 = off; a reopen dup2()s a new file onto the same number */
     bool access_json;
+    enum cfg_log_format access_format;
+    char *access_path; /* owned: the access log file, NULL for stderr or off */
 };
 
 extern struct dm_proxy dm_proxy_g;
 
 /* tls.c */
 SSL_CTX *dm_tls_ctx_new(struct dm_err *err);
+/* dm_tls_fail_reason classifies a failed handshake from SSL_get_error's
+ * result and the error queue (peeked, not cleared). */
+enum dm_tls_fail dm_tls_fail_reason(int ssl_error);
 
 /* tls_bio.c: the buffered socket BIO of client TLS connections. */
 int dm_tls_bio_init(void);
@@ -148,6 +155,7 @@ struct dm_conn {
     struct dm_upstream_conn *up; /* the backend connection serving this request */
     const char *backend;         /* borrowed from gen: backend address text */
     int refs;                    /* holds during callback dispatch */
+    bool ip_counted;             /* counted in the worker's per-IP table (limits.c) */
     bool closed;
     bool lingering; /* response sent, write side shut, discarding input */
 };
@@ -161,6 +169,7 @@ struct dm_worker {
     struct event *listen_evs[4];
     int listen_fds[4];
     bool listen_is_tls[4];
+    uint16_t listen_ports[4];
     int num_listeners;
     struct event *msg_ev;            /* woken by the control thread */
     atomic_int pending_msg;          /* DM_WORKER_MSG_* bits */
@@ -171,6 +180,7 @@ struct dm_worker {
     bool draining;
     unsigned rr; /* round-robin cursor over a site's backends */
     struct event *drain_timer;
+    struct event *grace_timer; /* owned: closes connections of older generations */
     atomic_uint stop_deadline_ms;
     struct dm_upstream_pool *pools; /* per backend idle connections */
     /* Parsed fields point into a connection's input buffer only while its
@@ -180,6 +190,8 @@ struct dm_worker {
     struct dm_http1_header resp_fields[DM_MAX_HEADERS_CAP];
     uint8_t *free_rbufs[DM_RBUF_CACHE]; /* owned: TLS read buffers for reuse */
     int num_free_rbufs;
+    struct dm_metrics *metrics; /* borrowed: metrics.c's registry owns it; may be NULL */
+    struct dm_iptable *ips;     /* owned: per-IP limits; NULL if out of memory (no limits) */
     pthread_t thread;
 };
 
@@ -242,7 +254,28 @@ void dm_upstream_pools_close_idle(struct dm_worker *w);
 int dm_chunked_move(struct dm_http1_chunked *ch, struct evbuffer *src, struct evbuffer *dst,
                     bool dechunk, uint64_t *out_data_bytes);
 
-/* access_log.c: one line per request to the access log. */
+/* access_log.c: one line per request to the access log (and its metrics). */
 void dm_access_log(const struct dm_conn *c);
+
+/* limits.c: per-client-IP limits (limits.per_ip_*), one line per hook.
+ * dm_limits_accept_ok tells whether sa may open one more connection (false:
+ * close it, counted as refused). dm_limits_conn_opened/_closed count c in the
+ * worker's table. dm_limits_request takes a token for c's request: 0 if
+ * allowed, else the seconds to wait, with "Retry-After: N\r\n" written into
+ * retry_header for the 429. */
+struct dm_iptable;
+bool dm_limits_accept_ok(struct dm_worker *w, const struct sockaddr *sa);
+void dm_limits_conn_opened(struct dm_conn *c);
+void dm_limits_conn_closed(struct dm_conn *c);
+uint32_t dm_limits_request(struct dm_conn *c, char *retry_header, size_t cap);
+
+/* metrics hooks with the connection's context (metrics_conn.c). */
+/* dm_metrics_on_request counts the request c has just answered. */
+void dm_metrics_on_request(const struct dm_conn *c);
+/* dm_metrics_on_handshake counts a finished handshake; ssl_error is
+ * SSL_get_error's result when it failed (call before the queue is cleared). */
+void dm_metrics_on_handshake(const struct dm_conn *c, bool is_ok, int ssl_error);
+/* dm_metrics_on_timer counts a handshake timeout if c was in its handshake. */
+void dm_metrics_on_timer(const struct dm_conn *c);
 
 #endif

@@ -284,3 +284,19 @@ SSL_CTX *dm_tls_ctx_new(struct dm_err *err)
     SSL_CTX_set_alpn_select_cb(ctx, tls_on_alpn, NULL);
     return ctx;
 }
+
+enum dm_tls_fail dm_tls_fail_reason(int ssl_error)
+{
+    if (ssl_error == SSL_ERROR_SYSCALL || ssl_error == SSL_ERROR_ZERO_RETURN) {
+        return DM_TLS_FAIL_CLOSED;
+    }
+    if (ssl_error != SSL_ERROR_SSL) {
+        return DM_TLS_FAIL_OTHER;
+    }
+    uint32_t e = ERR_peek_error();
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_CONNECTION_REJECTED) {
+        /* The select-certificate callback refused: no certificate for the name. */
+        return DM_TLS_FAIL_NO_CERT;
+    }
+    return DM_TLS_FAIL_PROTOCOL;
+}

@@ -159,7 +159,7 @@ class AcmeDnsTest(dmtest.DmTestCase):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     return f.read().split(") ")[1][0] == "X"
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # gone between open and read
                 return True
 
         dmtest.wait_until(gone, 5, interval=0.05, what=f"hook pid {pid} killed and reaped")

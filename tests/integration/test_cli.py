@@ -17,6 +17,9 @@ COMMANDS = {
     "reverse-proxy": ["--from", "--to", "--https-port", "--http-port", "--data-dir", "--bind"],
     "validate": ["--config", "--data-dir"],
     "trust": ["--data-dir"],
+    "reload": ["--config", "--data-dir"],
+    "health": ["--data-dir"],
+    "upgrade": ["--data-dir"],
     "version": [],
 }
 

@@ -440,7 +440,7 @@ TEST(test_bad_values)
     EXPECT_BAD_ROOT("\"log\": {\"format\": \"xml\"}",
                     "log.format: \"xml\" is not a log format (text, json)");
     EXPECT_BAD_ROOT("\"log\": {\"access_format\": \"combined\"}",
-                    "log.access_format: \"combined\" is not a log format (text, json)");
+                    "log.access_format: \"combined\" is not a log format (text, json, common)");
     EXPECT_BAD_ROOT("\"log\": {\"access\": \"access.log\"}",
                     "log.access: \"access.log\" must be \"stderr\", \"off\" or an absolute file "
                     "path");
@@ -1593,11 +1593,54 @@ TEST(test_acme_sites)
                __LINE__);
 }
 
-HARNESS_MAIN(T(test_setup), T(test_minimal_defaults), T(test_acme_sites),
-             T(test_quick_default_issuer), T(test_full_config), T(test_bad_types),
-             T(test_bad_values), T(test_many_problems_at_once), T(test_problem_cap),
-             T(test_unknown_keys), T(test_duplicate_hosts), T(test_host_names_and_wildcards),
-             T(test_addresses), T(test_durations), T(test_tls_files), T(test_json_errors),
-             T(test_data_dir), T(test_quick), T(test_dump_round_trip),
-             T(test_refcount_and_generation), T(test_host_matches), T(test_quote_limits),
-             T(test_examples), T(test_teardown))
+TEST(test_admin_and_ip_limits)
+{
+    struct cfg *c = load("{\"admin\": {\"listen\": \"127.0.0.1:2019\", \"token\": "
+                         "\"0123456789abcdef\"}, \"limits\": {\"per_ip_rate\": 5}, "
+                         "\"log\": {\"access_format\": \"common\"}, " SITE_OK "}");
+    CHECK(c != NULL);
+    if (c == NULL) {
+        print_problems();
+        return;
+    }
+    CHECK(c->admin.enabled);
+    CHECK_STR(c->admin.listen, "127.0.0.1:2019");
+    CHECK_STR(c->admin.token, "0123456789abcdef");
+    CHECK_EQ_INT(c->admin.listen_ss.ss_family, AF_INET);
+    CHECK_EQ_INT(c->limits.per_ip_rate, 5);
+    CHECK_EQ_INT(c->limits.per_ip_burst, 5); /* defaults to one second's worth */
+    CHECK_EQ_INT(c->limits.per_ip_connections, 0);
+    CHECK_EQ_INT(c->access_log_format, CFG_LOG_COMMON);
+    round_trip(c);
+    char *shown = cfg_dump_redacted(c);
+    CHECK(shown != NULL && strstr(shown, "0123456789abcdef") == NULL);
+    CHECK(shown != NULL && strstr(shown, "\"token\": \"<redacted>\"") != NULL);
+    free(shown);
+    cfg_unref(c);
+    c = load("{\"admin\": {\"enabled\": false, \"listen\": \"[::1]:2019\", \"token\": "
+             "\"0123456789abcdef\"}, " SITE_OK "}");
+    CHECK(c != NULL && !c->admin.enabled && c->admin.listen_ss.ss_family == AF_INET6);
+    cfg_unref(c);
+    EXPECT_BAD_ROOT("\"admin\": {\"listen\": \"10.0.0.1:2019\", \"token\": "
+                    "\"0123456789abcdef\"}",
+                    "admin.listen: \"10.0.0.1:2019\" is not a loopback address: the admin API "
+                    "listens on 127.0.0.1 or [::1] only (like \"127.0.0.1:2019\")");
+    EXPECT_BAD_ROOT("\"admin\": {\"listen\": \"127.0.0.1:2019\"}",
+                    "admin.token: required with admin.listen: TCP clients authenticate with "
+                    "\"Authorization: Bearer TOKEN\"");
+    EXPECT_BAD_ROOT("\"admin\": {\"token\": \"short secret\"}",
+                    "admin.token: must be at least 16 printable characters without spaces, got 12");
+    EXPECT_BAD_ROOT("\"log\": {\"format\": \"common\"}",
+                    "log.format: \"common\" is not a log format (text, json)");
+    EXPECT_BAD_ROOT("\"limits\": {\"per_ip_rate\": -1}",
+                    "limits.per_ip_rate: must be 0..1000000, got -1");
+}
+
+HARNESS_MAIN(T(test_setup), T(test_admin_and_ip_limits), T(test_minimal_defaults),
+             T(test_acme_sites), T(test_quick_default_issuer), T(test_full_config),
+             T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
+             T(test_problem_cap), T(test_unknown_keys), T(test_duplicate_hosts),
+             T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
+             T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
+             T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
+             T(test_quote_limits), T(test_examples), T(test_teardown))
