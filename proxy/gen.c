@@ -21,6 +21,18 @@ struct dm_gen *dm_gen_new(struct cfg *cfg, struct dm_err *err)
         dm_err_set(err, DM_E_NOMEM, "out of memory");
         return NULL;
     }
+    g->site_metric = calloc(cfg->num_sites ? cfg->num_sites : 1, sizeof(*g->site_metric));
+    if (g->site_metric == NULL) {
+        dm_route_free(g->route);
+        free(g);
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->num_sites; i++) {
+        /* The catch-all on-demand site has no hosts: its label is "*". */
+        const struct cfg_site *s = &cfg->sites[i];
+        g->site_metric[i] = dm_metrics_site_index(s->num_hosts > 0 ? s->hosts[0] : "*");
+    }
     g->cfg = cfg_ref(cfg);
     g->max_headers = cfg->limits.max_headers;
     g->req_limits.max_line = cfg->limits.max_line;
@@ -47,6 +59,7 @@ void dm_gen_unref(struct dm_gen *g)
     }
     if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
         dm_route_free(g->route);
+        free(g->site_metric);
         cfg_unref(g->cfg);
         free(g);
     }
