@@ -101,6 +101,13 @@ struct cfg_limits {
     uint32_t max_connections;  /* per process; 0 = unlimited */
 };
 
+/* HTTP/2 to clients (proxy/http2.c). */
+struct cfg_http2 {
+    bool enabled;                    /* ALPN offers h2 (default true) */
+    uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS (default 100) */
+    uint32_t max_resets;             /* client RST_STREAMs per 10 s before GOAWAY (default 200) */
+};
+
 struct cfg_cidr {
     struct sockaddr_storage net; /* AF_INET or AF_INET6, host bits cleared */
     uint8_t prefix;
@@ -124,6 +131,7 @@ struct cfg {
 
     struct cfg_timeouts timeouts;
     struct cfg_limits limits;
+    struct cfg_http2 http2;
 
     struct cfg_cidr *trusted_proxies; /* owned: whose X-Forwarded-* are kept */
     size_t num_trusted_proxies;
