@@ -23,8 +23,12 @@
 #include "proxy/core/str.h"
 #include "proxy/proxy_int.h"
 
-/* Idle backend connections kept per backend and worker, and how long. */
-#define UP_POOL_MAX    128
+/* Idle backend connections kept per backend and worker, and how long. An
+ * HTTP/2 client multiplexes many streams and each one needs a backend
+ * connection of its own while in flight, so the pool must hold what a few
+ * busy HTTP/2 connections use at once (100 streams each by default);
+ * otherwise backend connections are opened and closed all the time. */
+#define UP_POOL_MAX    1024
 #define UP_IDLE_MS     30000
 #define UP_READ_BUDGET (256 * 1024)
 #define UP_READ_CHUNK  (64 * 1024)
