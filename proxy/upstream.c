@@ -32,6 +32,10 @@
 #define UP_IDLE_MS     30000
 #define UP_READ_BUDGET (256 * 1024)
 #define UP_READ_CHUNK  (64 * 1024)
+/* First read of a wakeup after a small one: most responses are small, and a
+ * 64 KiB buffer per read would sit, mostly empty, in every stream's pending
+ * output until the client takes it (hundreds at once over HTTP/2). */
+#define UP_SMALL_CHUNK 4096
 
 enum up_state {
     UP_RESOLVING = 0,
@@ -71,6 +75,7 @@ struct dm_upstream_conn {
     bool paused;
     bool eof;
     bool closed;
+    bool big_reads;            /* the last wakeup read at least UP_SMALL_CHUNK bytes */
     bool response_timer_armed; /* timeouts.response runs from the end of the request */
     int pending_error;         /* status to report from the deferred timer, 0 = none */
     const char *pending_why;
@@ -706,9 +711,10 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
      * it every time), and a short read means the socket is empty, which
      * saves the recv that would only find EAGAIN. */
     size_t total = 0;
+    size_t want = u->big_reads ? UP_READ_CHUNK : UP_SMALL_CHUNK;
     while (total < UP_READ_BUDGET) {
         struct evbuffer_iovec vec;
-        if (evbuffer_reserve_space(u->in, UP_READ_CHUNK, &vec, 1) < 1) {
+        if (evbuffer_reserve_space(u->in, (ev_ssize_t)want, &vec, 1) < 1) {
             u->eof = true;
             break;
         }
@@ -718,9 +724,10 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
             evbuffer_commit_space(u->in, &vec, 1);
             total += (size_t)n;
             u->got_bytes = true;
-            if ((size_t)n < UP_READ_CHUNK) {
+            if ((size_t)n < want) {
                 break;
             }
+            want = UP_READ_CHUNK; /* streaming: read in big pieces */
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -730,6 +737,7 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
         event_del(&u->rev);
         break;
     }
+    u->big_reads = total >= UP_SMALL_CHUNK;
     up_process(u);
 out:
     up_release(u);
