@@ -4,6 +4,7 @@
  * worker only through its eventfd (stop, new generation). */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,8 +298,16 @@ static void worker_send(struct dm_worker *w, int msg)
     (void)r;
 }
 
+/* DM_MALLOC_TRIM_BYTES: free heap a worker's malloc arena keeps instead of
+ * returning it to the kernel. Requests come in waves (hundreds of HTTP/2
+ * streams start and finish together); with glibc's default (128 KiB) each
+ * wave shrank the heap and the next one grew it again, page faults included,
+ * which cost more CPU than the proxying (tests/bench/bench_h2.sh). */
+#define DM_MALLOC_TRIM_BYTES (16 * 1024 * 1024)
+
 int dm_workers_start(struct cfg *cfg, struct dm_err *err)
 {
+    mallopt(M_TRIM_THRESHOLD, DM_MALLOC_TRIM_BYTES);
     /* Probe each port without SO_REUSEPORT first: another process holding it
      * with SO_REUSEPORT would otherwise silently share our port. */
     uint16_t ports[2] = {cfg->https_port, cfg->http_port};
