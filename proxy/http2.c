@@ -542,8 +542,8 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
         return;
     }
     /* Fields in order, cookie crumbs joined with "; " (RFC 9113 §8.2.3), and
-     * the authority as Host. */
-    size_t max = c->gen->req_limits.max_headers;
+     * the authority as Host. h2_on_header kept num_fields + 2 below the
+     * field limit, which is also the capacity of w->req_fields. */
     size_t cookie_off = 0, cookie_len = 0;
     bool has_cookie = false;
     int64_t content_length = -1;
@@ -572,11 +572,6 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
             memcpy(num, value, n);
             num[n] = '\0';
             content_length = strtoll(num, NULL, 10); /* nghttp2 checked the syntax */
-        }
-        if (m->num_headers + 2 >= max) {
-            dm_h2_respond(s, 431, "text/plain; charset=utf-8", NULL,
-                          "431 Request Header Fields Too Large\n");
-            return;
         }
     }
     /* hbuf may have moved while cookies were joined: point into it now. */

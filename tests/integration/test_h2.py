@@ -231,7 +231,7 @@ class H2Test(dmtest.DmTestCase):
 
     def test_h2load_2000_requests_4_connections_50_streams(self):
         h2load = dmtest.require_tool("h2load", "nghttp2-client")
-        r = dmtest.run([h2load, "-n", "2000", "-c", "4", "-m", "20",
+        r = dmtest.run([h2load, "-n", "2000", "-c", "4", "-m", "50",
                         f"https://127.0.0.1:{self.d.https_port}/hello"], timeout=60)
         out = dmtest.text(r.stdout)
         self.assertEqual(r.returncode, 0, out + dmtest.text(r.stderr))
