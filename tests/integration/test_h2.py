@@ -230,9 +230,15 @@ class H2Test(dmtest.DmTestCase):
     # ---- many streams, big bodies -------------------------------------------------------
 
     def test_h2load_2000_requests_4_connections_50_streams(self):
+        # Default settings (100 streams): h2load opens its 50 streams before our SETTINGS
+        # arrive, so a lower limit would refuse some of them (REFUSED_STREAM, retryable).
+        env = self.new_env()
+        be = env.backend("l")
+        d = env.doorman_run(dmtest.base_config(env.new_dir(), dmtest.free_port(), [
+            {"hosts": ["h.test", "127.0.0.1"], "to": be.addr, "tls": "local"}]))
         h2load = dmtest.require_tool("h2load", "nghttp2-client")
         r = dmtest.run([h2load, "-n", "2000", "-c", "4", "-m", "50",
-                        f"https://127.0.0.1:{self.d.https_port}/hello"], timeout=60)
+                        f"https://127.0.0.1:{d.https_port}/hello"], timeout=60)
         out = dmtest.text(r.stdout)
         self.assertEqual(r.returncode, 0, out + dmtest.text(r.stderr))
         self.assertIn("Application protocol: h2", out)
