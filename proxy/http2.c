@@ -801,8 +801,10 @@ static int h2_on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_
         evbuffer_add(out, data, len);
     }
     st->unconsumed += len;
-    h2_consume(st);
+    /* Write first: the window reopens for what the backend took, and a
+     * write that empties the buffer at once brings no writable event. */
     dm_upstream_kick(s->up);
+    h2_consume(st);
     return 0;
 }
 
