@@ -156,8 +156,7 @@ class H2Test(dmtest.DmTestCase):
         cls.data_dir = env.new_dir()
         cfg = dmtest.base_config(cls.data_dir, dmtest.free_port(), [
             {"hosts": ["h.test", "127.0.0.1"], "to": cls.a.addr, "tls": "local"},
-        ], timeouts={"response": "10s", "body": "10s"},
-            http2={"max_concurrent_streams": 20, "max_resets": 100})
+        ], timeouts={"response": "10s", "body": "10s"}, http2={"max_resets": 100})
         cls.d = env.doorman_run(cfg)
 
     def alive(self):
@@ -365,16 +364,22 @@ class H2Test(dmtest.DmTestCase):
         self.assertIsNotNone(f)
         settings = {int.from_bytes(f[3][i:i + 2], "big"): int.from_bytes(f[3][i + 2:i + 6], "big")
                     for i in range(0, len(f[3]), 6)}
-        self.assertEqual(settings.get(3), 20, settings)  # MAX_CONCURRENT_STREAMS
+        self.assertEqual(settings.get(3), 100, settings)  # MAX_CONCURRENT_STREAMS
         self.assertEqual(settings.get(6), 65536, settings)  # MAX_HEADER_LIST_SIZE
 
     def test_max_concurrent_streams_enforced(self):
         # A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS (20 here) gets no more than 20
         # streams served; nghttp2 answers the excess with REFUSED_STREAM (before our SETTINGS
         # are acknowledged) or GOAWAY PROTOCOL_ERROR (after), RFC 9113 §5.1.2.
+        env = self.new_env()
+        be = env.backend("m")
+        d = env.doorman_run(dmtest.base_config(env.new_dir(), dmtest.free_port(), [
+            {"hosts": ["h.test"], "to": be.addr, "tls": "local"}],
+            http2={"max_concurrent_streams": 20}))
         for ack_first in (False, True):
             with self.subTest(ack_first=ack_first):
-                c = self.raw()
+                c = H2Raw(d)
+                self.addCleanup(c.close)
                 if ack_first:
                     c.frames_until(lambda f: f[0] == SETTINGS and not f[1] & ACK)
                     c.send(frame(SETTINGS, ACK, 0))
@@ -397,7 +402,8 @@ class H2Test(dmtest.DmTestCase):
                 self.assertTrue(refused or goaway == PROTOCOL_ERROR, (done, refused, goaway))
                 if not ack_first:
                     self.assertEqual(len(done), 20, (done, refused))
-        self.alive()
+        r = d.curl("h.test", "/hello", "--http2", "-w", "%{http_version}")
+        self.assertEqual(dmtest.text(r.stdout), "hello from m\n2")
 
     def test_rapid_reset_gets_goaway_enhance_your_calm(self):
         c = self.raw()
