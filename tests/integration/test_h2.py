@@ -311,6 +311,39 @@ class H2Test(dmtest.DmTestCase):
         j = json.loads(r.stdout)
         self.assertEqual((j["length"], j["sha256"]), (len(data), hashlib.sha256(data).hexdigest()))
 
+    def test_request_trailers_forwarded_in_chunked_body(self):
+        # No content-length: the backend gets a chunked body whose last chunk carries the
+        # client's trailers; a framing error there would be a 400 from the backend.
+        c = self.raw()
+        c.send(c.request_headers(1, "/sum", method="POST", end_stream=False))
+        c.send(frame(DATA, 0, 1, b"hello ") + frame(DATA, 0, 1, b"world"))
+        c.send(frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                     hpack_block([("x-checksum", "abc"), ("x-more", "1")])))
+        head, seen = c.frames_until(lambda f: f[2] == 1 and f[0] == HEADERS)
+        self.assertIsNotNone(head, seen)
+        self.assertEqual(STATIC_STATUS.get(head[3][0]), 200, head)
+        body = b""
+        while True:
+            f = c.read_frame(5)
+            self.assertIsNotNone(f, "response body cut")
+            if f[0] == DATA and f[2] == 1:
+                body += f[3]
+                if f[1] & END_STREAM:
+                    break
+        j = json.loads(body)
+        self.assertEqual((j["length"], j["fnv1a64"]), (11, dmtest.fnv1a64(b"hello world")))
+
+    def test_slow_backend_stream_does_not_stall_others(self):
+        c = self.raw()
+        t0 = time.monotonic()
+        c.send(c.request_headers(1, "/delay?ms=3000"))
+        c.send(c.request_headers(3, "/hello"))
+        f, _ = c.frames_until(lambda f: f[2] == 3 and f[0] == DATA and f[1] & END_STREAM)
+        self.assertIsNotNone(f)
+        self.assertLess(time.monotonic() - t0, 1.5, "stream 3 waited for stream 1's backend")
+        f, _ = c.frames_until(lambda f: f[2] == 1 and f[0] == DATA and f[1] & END_STREAM)
+        self.assertEqual(f[3], b"delayed 3000 ms\n")
+
     def test_response_trailers_end_to_end(self):
         r = self.d.curl("h.test", "/trailers", "--http2", "-v")
         body = dmtest.text(r.stdout)
