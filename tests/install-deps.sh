@@ -10,7 +10,7 @@ PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
 android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
 curl openssl python3 ca-certificates nghttp2-client pebble"
 if [ "${1:-}" = "--bench" ]; then
-    PKGS="$PKGS nginx-light wrk"
+    PKGS="$PKGS nginx-light wrk haproxy caddy"
 fi
 
 missing=""
