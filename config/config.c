@@ -501,6 +501,12 @@ static char *dump(const struct cfg *c, bool is_redacted)
     put(limits, "per_ip_burst", json_integer(c->limits.per_ip_burst), &is_failed);
     put(root, "limits", limits, &is_failed);
 
+    json_t *http2 = json_object();
+    put(http2, "enabled", json_boolean(c->http2.enabled), &is_failed);
+    put(http2, "max_concurrent_streams", json_integer(c->http2.max_concurrent_streams), &is_failed);
+    put(http2, "max_resets", json_integer(c->http2.max_resets), &is_failed);
+    put(root, "http2", http2, &is_failed);
+
     for (size_t i = 0; i < c->num_trusted_proxies; i++) {
         char buf[64];
         if (cfg_cidr_format(buf, sizeof(buf), &c->trusted_proxies[i]) != 0) {

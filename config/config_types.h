@@ -127,6 +127,13 @@ struct cfg_limits {
     uint32_t per_ip_burst;       /* token bucket size for per_ip_rate (requests) */
 };
 
+/* HTTP/2 to clients (proxy/http2.c). */
+struct cfg_http2 {
+    bool enabled;                    /* ALPN offers h2 (default true) */
+    uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS (default 100) */
+    uint32_t max_resets;             /* client RST_STREAMs per 10 s before GOAWAY (default 200) */
+};
+
 struct cfg_cidr {
     struct sockaddr_storage net; /* AF_INET or AF_INET6, host bits cleared */
     uint8_t prefix;
@@ -161,6 +168,7 @@ struct cfg {
 
     struct cfg_timeouts timeouts;
     struct cfg_limits limits;
+    struct cfg_http2 http2;
 
     struct cfg_cidr *trusted_proxies; /* owned: whose X-Forwarded-* are kept */
     size_t num_trusted_proxies;

@@ -94,11 +94,12 @@ static const struct limit_key limit_keys[] = {
 static const char *const root_keys[] = {
     "data_dir", "bind",     "https_port", "http_port",       "redirect_http",
     "workers",  "timeouts", "limits",     "trusted_proxies", "log",
-    "local_ca", "sites",    "admin",
+    "local_ca", "sites",    "admin",      "http2",
 };
 static const char *const admin_keys[] = {"enabled", "listen", "token"};
 /* A shorter bearer token is guessable; 16 bytes of base64 carry 96 bits. */
 #define ADMIN_TOKEN_MIN 16
+static const char *const http2_keys[] = {"enabled", "max_concurrent_streams", "max_resets"};
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls"};
@@ -603,6 +604,9 @@ static struct cfg *cfg_alloc(struct check *k)
     for (size_t i = 0; i < NUM(limit_keys); i++) {
         *(uint32_t *)((char *)&c->limits + limit_keys[i].offset) = limit_keys[i].def;
     }
+    c->http2.enabled = true;
+    c->http2.max_concurrent_streams = 100;
+    c->http2.max_resets = 200;
     c->log_level = DM_LOG_INFO;
     c->log_format = CFG_LOG_TEXT;
     c->access_log_format = CFG_LOG_TEXT;
@@ -828,6 +832,42 @@ static void read_limits(struct check *k, json_t *root, struct cfg_limits *l)
         size_t m = path_push_key(k, "header_bytes");
         problem(k, "must be at least limits.request_line (%u), got %u", (unsigned)l->max_line,
                 (unsigned)l->max_header_bytes);
+        path_pop(k, m);
+    }
+    path_pop(k, mark);
+}
+
+/* read_http2 reads the "http2" section (HTTP/2 to clients). */
+static void read_http2(struct check *k, json_t *root, struct cfg_http2 *h)
+{
+    size_t mark;
+    json_t *obj = read_section(k, root, "http2", http2_keys, NUM(http2_keys), &mark);
+    if (obj == NULL) {
+        return;
+    }
+    json_t *v;
+    if ((v = json_object_get(obj, "enabled")) != NULL) {
+        size_t m = path_push_key(k, "enabled");
+        if (json_is_boolean(v)) {
+            h->enabled = json_is_true(v);
+        } else {
+            problem_type(k, "a boolean (true or false)", v);
+        }
+        path_pop(k, m);
+    }
+    long long n;
+    if ((v = json_object_get(obj, "max_concurrent_streams")) != NULL) {
+        size_t m = path_push_key(k, "max_concurrent_streams");
+        if (read_int(k, v, 1, 10000, &n) == 0) {
+            h->max_concurrent_streams = (uint32_t)n;
+        }
+        path_pop(k, m);
+    }
+    if ((v = json_object_get(obj, "max_resets")) != NULL) {
+        size_t m = path_push_key(k, "max_resets");
+        if (read_int(k, v, 1, 1000000, &n) == 0) {
+            h->max_resets = (uint32_t)n;
+        }
         path_pop(k, m);
     }
     path_pop(k, mark);
@@ -1773,6 +1813,7 @@ struct cfg *cfg_build(json_t *root, const char *name, const char *data_dir_overr
     read_top_scalars(&k, root, c, &data_dir, &ports_ok);
     read_timeouts(&k, root, &c->timeouts);
     read_limits(&k, root, &c->limits);
+    read_http2(&k, root, &c->http2);
     read_trusted_proxies(&k, root, c);
     read_log(&k, root, c);
     read_local_ca(&k, root, c);

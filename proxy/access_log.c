@@ -10,9 +10,10 @@
 #include "proxy/core/time.h"
 #include "proxy/proxy_int.h"
 
-void dm_access_log(const struct dm_conn *c)
+void dm_access_log(const struct dm_stream *s)
 {
-    dm_metrics_on_request(c);
+    const struct dm_conn *c = s->c;
+    dm_metrics_on_request(s);
     int fd = dm_proxy_g.access_fd;
     if (fd < 0) {
         return;
@@ -25,8 +26,8 @@ void dm_access_log(const struct dm_conn *c)
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
              (long)(tv.tv_usec / 1000));
-    double ms = c->req_start_us ? (double)(dm_time_mono_us() - c->req_start_us) / 1000.0 : 0.0;
-    const char *proto = c->is_http10 ? "HTTP/1.0" : "HTTP/1.1";
+    double ms = s->req_start_us ? (double)(dm_time_mono_us() - s->req_start_us) / 1000.0 : 0.0;
+    const char *proto = s->h2_id != 0 ? "HTTP/2.0" : s->is_http10 ? "HTTP/1.0" : "HTTP/1.1";
     char line[2048];
     int n;
     if (dm_proxy_g.access_format == CFG_LOG_COMMON) {
@@ -36,33 +37,33 @@ void dm_access_log(const struct dm_conn *c)
         static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
         char bytes[24] = "-";
-        if (c->resp_bytes > 0) {
-            snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)c->resp_bytes);
+        if (s->resp_bytes > 0) {
+            snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)s->resp_bytes);
         }
         n = snprintf(line, sizeof(line),
                      "%s - - [%02d/%s/%04d:%02d:%02d:%02d +0000] \"%s %s %s\" %d %s\n", c->peer_ip,
                      tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, c->method[0] ? c->method : "-", c->path[0] ? c->path : "-", proto,
-                     c->status, bytes);
+                     tm.tm_sec, s->method[0] ? s->method : "-", s->path[0] ? s->path : "-", proto,
+                     s->status, bytes);
     } else if (dm_proxy_g.access_json) {
         char m[64], h[600], p[1100];
-        dm_str_json_escape(m, sizeof(m), c->method);
-        dm_str_json_escape(h, sizeof(h), c->host);
-        dm_str_json_escape(p, sizeof(p), c->path);
+        dm_str_json_escape(m, sizeof(m), s->method);
+        dm_str_json_escape(h, sizeof(h), s->host);
+        dm_str_json_escape(p, sizeof(p), s->path);
         n = snprintf(line, sizeof(line),
                      "{\"ts\":\"%s\",\"conn\":%llu,\"client\":\"%s\",\"tls\":%s,\"method\":\"%s\","
                      "\"host\":\"%s\",\"path\":\"%s\",\"proto\":\"%s\",\"status\":%d,"
                      "\"bytes\":%llu,\"duration_ms\":%.3f,\"backend\":\"%s\"}\n",
                      ts, (unsigned long long)c->id, c->peer_ip, c->ssl ? "true" : "false", m, h, p,
-                     proto, c->status, (unsigned long long)c->resp_bytes, ms,
-                     c->backend ? c->backend : "");
+                     proto, s->status, (unsigned long long)s->resp_bytes, ms,
+                     s->backend ? s->backend : "");
     } else {
         /* The path is printed as received; the parser already refused CTLs. */
         n = snprintf(line, sizeof(line),
                      "%s access c=%llu %s \"%s %s%s %s\" %d %llu %.3fms backend=%s\n", ts,
-                     (unsigned long long)c->id, c->peer_ip, c->method[0] ? c->method : "-",
-                     c->host[0] ? c->host : "-", c->path, proto, c->status,
-                     (unsigned long long)c->resp_bytes, ms, c->backend ? c->backend : "-");
+                     (unsigned long long)c->id, c->peer_ip, s->method[0] ? s->method : "-",
+                     s->host[0] ? s->host : "-", s->path, proto, s->status,
+                     (unsigned long long)s->resp_bytes, ms, s->backend ? s->backend : "-");
     }
     if (n <= 0) {
         return;

@@ -37,8 +37,6 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg);
 static void conn_on_write(evutil_socket_t fd, short what, void *arg);
 static void conn_on_timer(evutil_socket_t fd, short what, void *arg);
 static void conn_process(struct dm_conn *c);
-static void conn_flush(struct dm_conn *c);
-static void conn_close(struct dm_conn *c);
 static void conn_handshake(struct dm_conn *c);
 
 static void conn_hold(struct dm_conn *c)
@@ -53,7 +51,7 @@ static void conn_release(struct dm_conn *c)
     }
 }
 
-static void conn_set_timer(struct dm_conn *c, uint32_t ms)
+void dm_conn_set_timer(struct dm_conn *c, uint32_t ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     evtimer_add(&c->timer, &tv);
@@ -149,6 +147,8 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
     c->id = atomic_fetch_add(&dm_proxy_g.next_conn_id, 1) + 1;
     c->w = w;
     c->gen = dm_gen_ref(w->gen);
+    c->r.c = c;
+    c->r.out = c->out;
     c->fd = fd;
     if (sa_len <= sizeof(c->peer)) {
         memcpy(&c->peer, sa, sa_len);
@@ -177,7 +177,7 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
         }
         if (c->ssl == NULL || bio == NULL) {
             dm_err_set_tls(NULL, "SSL_new");
-            conn_close(c); /* drops the connection's own reference */
+            dm_conn_close(c); /* drops the connection's own reference */
             return;
         }
         SSL_set_ex_data(c->ssl, dm_tls_conn_index, c);
@@ -185,14 +185,14 @@ void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t 
         /* Drops handshake-only configuration once done: smaller idle connections. */
         SSL_set_shed_handshake_config(c->ssl, 1);
         c->state = DM_CONN_HANDSHAKE;
-        conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
+        dm_conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
     } else {
         c->state = DM_CONN_IDLE;
-        conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
+        dm_conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
     }
     event_add(&c->rev, NULL);
     /* With TCP_DEFER_ACCEPT the first flight is usually already here. The
-     * connection's own reference is dropped by conn_close. */
+     * connection's own reference is dropped by dm_conn_close. */
     conn_on_read(fd, EV_READ, c);
     return;
 fail:
@@ -249,8 +249,9 @@ static void conn_od_wait(struct dm_conn *c)
     if (c->od_wait_us == 0) {
         c->od_wait_us = dm_time_mono_us();
         const struct cfg_site *s = c->sni_site;
-        conn_set_timer(c, s != NULL && s->on_demand != NULL ? s->on_demand->wait_timeout_ms
-                                                            : c->gen->cfg->timeouts.handshake_ms);
+        dm_conn_set_timer(c, s != NULL && s->on_demand != NULL
+                                 ? s->on_demand->wait_timeout_ms
+                                 : c->gen->cfg->timeouts.handshake_ms);
     }
     if (!c->is_od_listed) {
         c->is_od_listed = true;
@@ -263,16 +264,19 @@ static void conn_od_wait(struct dm_conn *c)
     }
 }
 
-static void conn_close(struct dm_conn *c)
+void dm_conn_close(struct dm_conn *c)
 {
     if (c->closed) {
         return;
     }
     c->closed = true;
     conn_od_end(c, false);
-    if (c->up != NULL) {
-        dm_upstream_detach(c->up, false);
-        c->up = NULL;
+    if (c->h2 != NULL) {
+        dm_h2_free(c); /* detaches the streams' backend connections */
+    }
+    if (c->r.up != NULL) {
+        dm_upstream_detach(c->r.up, false);
+        c->r.up = NULL;
     }
     event_del(&c->rev);
     event_del(&c->wev);
@@ -306,18 +310,25 @@ static void conn_close(struct dm_conn *c)
     conn_release(c);
 }
 
-/* conn_finish closes now if nothing is left to send, else after the flush
+/* dm_conn_finish closes now if nothing is left to send, else after the flush
  * (with a lingering read so the peer sees the response, RFC 9112 §9.6). */
-static void conn_finish(struct dm_conn *c)
+void dm_conn_finish(struct dm_conn *c)
 {
     c->state = DM_CONN_CLOSING;
-    c->keep_alive = false;
-    conn_flush(c);
+    c->r.keep_alive = false;
+    dm_conn_flush(c);
+}
+
+void dm_conn_schedule_flush(struct dm_conn *c)
+{
+    if (!c->closed && !c->lingering) {
+        event_active(&c->wev, EV_WRITE, 0);
+    }
 }
 
 void dm_conn_force_close(struct dm_conn *c)
 {
-    conn_close(c);
+    dm_conn_close(c);
 }
 
 void dm_conn_od_retry(struct dm_conn *c)
@@ -338,11 +349,14 @@ void dm_conn_drain(struct dm_conn *c)
     switch (c->state) {
     case DM_CONN_HANDSHAKE:
     case DM_CONN_IDLE:
-        conn_close(c);
+        dm_conn_close(c);
         break;
     case DM_CONN_HEAD:
     case DM_CONN_PROXY:
         c->want_close = true;
+        break;
+    case DM_CONN_H2:
+        dm_h2_drain(c);
         break;
     case DM_CONN_TUNNEL:
     case DM_CONN_CLOSING:
@@ -350,465 +364,153 @@ void dm_conn_drain(struct dm_conn *c)
     }
 }
 
-static const char *status_text(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 308:
-        return "Permanent Redirect";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 408:
-        return "Request Timeout";
-    case 414:
-        return "URI Too Long";
-    case 417:
-        return "Expectation Failed";
-    case 421:
-        return "Misdirected Request";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Error";
-    }
-}
-
-static void conn_respond_full(struct dm_conn *c, int status, const char *content_type,
-                              const char *extra_headers, const char *body, bool close_after);
-
 /* conn_respond writes a complete short response made by the proxy itself. */
 static void conn_respond(struct dm_conn *c, int status, const char *extra_headers, const char *body,
                          bool close_after)
 {
-    conn_respond_full(c, status, "text/plain; charset=utf-8", extra_headers, body, close_after);
+    dm_h1_respond(c, status, "text/plain; charset=utf-8", extra_headers, body, close_after);
 }
 
-static void conn_respond_typed(struct dm_conn *c, int status, const char *content_type,
-                               const char *body, bool close_after)
+void dm_h1_respond(struct dm_conn *c, int status, const char *content_type,
+                   const char *extra_headers, const char *body, bool close_after)
 {
-    conn_respond_full(c, status, content_type, NULL, body, close_after);
-}
-
-static void conn_respond_full(struct dm_conn *c, int status, const char *content_type,
-                              const char *extra_headers, const char *body, bool close_after)
-{
-    if (c->want_close || !c->keep_alive) {
+    if (c->want_close || !c->r.keep_alive) {
         close_after = true;
     }
     size_t body_len = strlen(body);
     evbuffer_add_printf(c->out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                         "Content-Length: %zu\r\n%s%s\r\n",
-                        status, status_text(status), content_type, body_len,
+                        status, dm_status_text(status), content_type, body_len,
                         extra_headers ? extra_headers : "",
                         close_after ? "Connection: close\r\n" : "");
-    if (!c->is_head) {
+    if (!c->r.is_head) {
         evbuffer_add(c->out, body, body_len);
     }
-    c->status = status;
-    c->resp_started = true;
-    c->resp_bytes = body_len;
-    dm_access_log(c);
+    c->r.status = status;
+    c->r.resp_started = true;
+    c->r.resp_bytes = body_len;
+    dm_access_log(&c->r);
     if (close_after) {
-        conn_finish(c);
+        dm_conn_finish(c);
         return;
     }
     c->state = DM_CONN_IDLE;
-    conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
-    conn_flush(c);
+    dm_conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+    dm_conn_flush(c);
 }
 
 static void conn_reset_request(struct dm_conn *c)
 {
     dm_http1_parser_init(&c->parser);
-    memset(&c->msg, 0, sizeof(c->msg));
-    c->msg.headers = c->w->req_fields;
-    c->req_body_left = 0;
-    c->req_body_done = false;
-    c->resp_started = false;
-    c->is_head = false;
-    c->dechunk = false;
-    c->status = 0;
-    c->resp_bytes = 0;
-    c->method[0] = c->host[0] = c->path[0] = '\0';
-    c->site = NULL;
-    c->backend = NULL;
+    memset(&c->r.msg, 0, sizeof(c->r.msg));
+    c->r.msg.headers = c->w->req_fields;
+    c->r.req_body_left = 0;
+    c->r.req_body_done = false;
+    c->r.resp_started = false;
+    c->r.is_head = false;
+    c->r.dechunk = false;
+    c->r.status = 0;
+    c->r.resp_bytes = 0;
+    c->r.method[0] = c->r.host[0] = c->r.path[0] = '\0';
+    c->r.site = NULL;
+    c->r.backend = NULL;
 }
 
 /* conn_parse_error answers a malformed head and closes (never resync). */
 static void conn_parse_error(struct dm_conn *c)
 {
-    int status = c->msg.error_status ? c->msg.error_status : 400;
+    int status = c->r.msg.error_status ? c->r.msg.error_status : 400;
     DM_LOG_DBG("http", "c=%llu %s: %d %s", (unsigned long long)c->id, c->peer_ip, status,
-               c->msg.error ? c->msg.error : "bad request");
+               c->r.msg.error ? c->r.msg.error : "bad request");
     char body[160];
-    snprintf(body, sizeof(body), "%d %s\n", status, status_text(status));
+    snprintf(body, sizeof(body), "%d %s\n", status, dm_status_text(status));
     conn_respond(c, status, NULL, body, true);
-}
-
-static bool is_hop_by_hop(const struct dm_http1_header *h, const struct dm_http1_msg *m)
-{
-    static const char *const names[] = {"connection", "keep-alive",    "proxy-connection",
-                                        "te",         "trailer",       "transfer-encoding",
-                                        "upgrade",    "content-length"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (dm_str_ieq_lit(h->name, h->name_len, names[i])) {
-            return true;
-        }
-    }
-    /* Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1). */
-    if (m->known.connection >= 0) {
-        for (size_t k = 0; k < m->num_headers; k++) {
-            const struct dm_http1_header *ch = &m->headers[k];
-            if (!dm_str_ieq_lit(ch->name, ch->name_len, "connection")) {
-                continue;
-            }
-            const char *p = ch->value, *end = ch->value + ch->value_len;
-            while (p < end) {
-                while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
-                    p++;
-                }
-                const char *t = p;
-                while (p < end && *p != ',' && *p != ' ' && *p != '\t') {
-                    p++;
-                }
-                if (p > t && dm_str_ieq(h->name, h->name_len, t, (size_t)(p - t))) {
-                    return true;
-                }
-            }
-        }
-    }
-    return false;
-}
-
-/* host_from_request extracts the lower-case host (no port) from Host or an
- * absolute-form target. Returns 0, or -1 if it is malformed or too long. */
-static int host_from_request(struct dm_conn *c, const char **out_raw, size_t *out_raw_len)
-{
-    const char *h = NULL;
-    size_t len = 0;
-    const struct dm_http1_msg *m = &c->msg;
-    if (m->target_len > 8 &&
-        (dm_str_ieq(m->target, 7, "http://", 7) || dm_str_ieq(m->target, 8, "https://", 8))) {
-        const char *p = memchr(m->target, '/', m->target_len);
-        p += 2;
-        const char *end = m->target + m->target_len;
-        const char *slash = memchr(p, '/', (size_t)(end - p));
-        h = p;
-        len = (size_t)((slash ? slash : end) - p);
-    } else if (m->known.host >= 0) {
-        h = m->headers[m->known.host].value;
-        len = m->headers[m->known.host].value_len;
-    }
-    *out_raw = h;
-    *out_raw_len = len;
-    if (h == NULL || len == 0) {
-        c->host[0] = '\0';
-        return 0;
-    }
-    size_t hl = len;
-    if (h[0] == '[') {
-        const char *rb = memchr(h, ']', len);
-        if (rb == NULL) {
-            return -1;
-        }
-        hl = (size_t)(rb - h) + 1;
-        /* Route IPv6 literals without brackets, as configured. */
-        if (hl - 2 >= sizeof(c->host)) {
-            return -1;
-        }
-        return dm_str_lower(c->host, sizeof(c->host), h + 1, hl - 2);
-    }
-    const char *colon = memchr(h, ':', len);
-    if (colon != NULL) {
-        hl = (size_t)(colon - h);
-    }
-    if (hl > 0 && h[hl - 1] == '.') {
-        hl--;
-    }
-    return dm_str_lower(c->host, sizeof(c->host), h, hl);
-}
-
-/* conn_redirect answers 308 to the https URL of the request and consumes its
- * head (head_len bytes): the target points into the input buffer, so the
- * Location is built before the head is drained. */
-static void conn_redirect(struct dm_conn *c, size_t head_len)
-{
-    const struct cfg *cfg = c->gen->cfg;
-    char loc[1024];
-    const char *target = c->msg.target;
-    size_t target_len = c->msg.target_len;
-    if (target_len == 0 || target[0] != '/') {
-        target = "/";
-        target_len = 1;
-    }
-    bool v6 = strchr(c->host, ':') != NULL;
-    char port[8] = "";
-    if (cfg->https_port != 443) {
-        snprintf(port, sizeof(port), ":%u", cfg->https_port);
-    }
-    int n = snprintf(loc, sizeof(loc), "Location: https://%s%s%s%s%.*s\r\n", v6 ? "[" : "", c->host,
-                     v6 ? "]" : "", port, (int)target_len, target);
-    evbuffer_drain(c->in, head_len);
-    if (n < 0 || (size_t)n >= sizeof(loc)) {
-        conn_respond(c, 414, NULL, "414 URI Too Long\n", true);
-        return;
-    }
-    conn_respond(c, 308, loc, "", c->msg.body != DM_HTTP1_BODY_NONE);
-}
-
-/* conn_build_upstream_head writes the request head for the backend:
- * hop-by-hop fields removed (RFC 9110 §7.6.1), X-Forwarded-* set, framing
- * re-stated, origin-form target. */
-static void conn_build_upstream_head(struct dm_conn *c, struct evbuffer *hb, const char *raw_host,
-                                     size_t raw_host_len)
-{
-    const struct dm_http1_msg *m = &c->msg;
-    const char *target = m->target;
-    size_t target_len = m->target_len;
-    if (target_len > 0 && target[0] != '/' && target[0] != '*' &&
-        (dm_str_ieq(target, 7 < target_len ? 7 : target_len, "http://", 7) ||
-         dm_str_ieq(target, 8 < target_len ? 8 : target_len, "https://", 8))) {
-        const char *p = memchr(target, '/', target_len) + 2;
-        const char *end = target + target_len;
-        const char *slash = memchr(p, '/', (size_t)(end - p));
-        if (slash != NULL) {
-            target = slash;
-            target_len = (size_t)(end - slash);
-        } else {
-            target = "/";
-            target_len = 1;
-        }
-    }
-    evbuffer_add(hb, m->method, m->method_len);
-    evbuffer_add(hb, " ", 1);
-    evbuffer_add(hb, target, target_len);
-    evbuffer_add(hb, " HTTP/1.1\r\n", 11);
-
-    /* X-Forwarded-*: an untrusted client cannot set what the backend
-     * believes, so all of its X-Forwarded-* fields are dropped and ours
-     * written. A trusted proxy's chain is extended, and its Proto and Host
-     * (what its own client used) are kept. */
-    const char *prior_xff = NULL;
-    size_t prior_xff_len = 0;
-    bool has_host = false, kept_proto = false, kept_host = false;
-    for (size_t i = 0; i < m->num_headers; i++) {
-        const struct dm_http1_header *h = &m->headers[i];
-        if (h->name_len >= 12 && dm_str_ieq(h->name, 12, "x-forwarded-", 12)) {
-            if (!c->peer_trusted) {
-                continue;
-            }
-            if (dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-for")) {
-                /* Several fields combine into one list (RFC 9110 §5.3); the
-                 * last is enough for a well-behaved trusted proxy. */
-                prior_xff = h->value;
-                prior_xff_len = h->value_len;
-                continue;
-            }
-            kept_proto |= dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-proto");
-            kept_host |= dm_str_ieq_lit(h->name, h->name_len, "x-forwarded-host");
-        } else if (is_hop_by_hop(h, m)) {
-            continue;
-        }
-        if ((int)i == m->known.host) {
-            has_host = true;
-        }
-        evbuffer_add(hb, h->name, h->name_len);
-        evbuffer_add(hb, ": ", 2);
-        evbuffer_add(hb, h->value, h->value_len);
-        evbuffer_add(hb, "\r\n", 2);
-    }
-    if (!has_host && raw_host != NULL) {
-        evbuffer_add(hb, "Host: ", 6);
-        evbuffer_add(hb, raw_host, raw_host_len);
-        evbuffer_add(hb, "\r\n", 2);
-    }
-    if (prior_xff != NULL) {
-        evbuffer_add_printf(hb, "X-Forwarded-For: %.*s, %s\r\n", (int)prior_xff_len, prior_xff,
-                            c->peer_ip);
-    } else {
-        evbuffer_add_printf(hb, "X-Forwarded-For: %s\r\n", c->peer_ip);
-    }
-    if (!kept_proto) {
-        evbuffer_add_printf(hb, "X-Forwarded-Proto: %s\r\n", c->ssl != NULL ? "https" : "http");
-    }
-    if (!kept_host && raw_host != NULL) {
-        evbuffer_add(hb, "X-Forwarded-Host: ", 18);
-        evbuffer_add(hb, raw_host, raw_host_len);
-        evbuffer_add(hb, "\r\n", 2);
-    }
-    if (m->body == DM_HTTP1_BODY_LENGTH) {
-        evbuffer_add_printf(hb, "Content-Length: %llu\r\n", (unsigned long long)m->content_length);
-    } else if (m->body == DM_HTTP1_BODY_CHUNKED) {
-        evbuffer_add(hb, "Transfer-Encoding: chunked\r\n", 28);
-    }
-    if (m->is_upgrade) {
-        const struct dm_http1_header *u = &m->headers[m->known.upgrade];
-        evbuffer_add(hb, "Connection: upgrade\r\nUpgrade: ", 30);
-        evbuffer_add(hb, u->value, u->value_len);
-        evbuffer_add(hb, "\r\n", 2);
-    }
-    evbuffer_add(hb, "\r\n", 2);
 }
 
 /* conn_forward_body moves request body bytes from the client to the backend
  * without copying (evbuffer chains move), checking chunked framing. */
 static void conn_forward_body(struct dm_conn *c)
 {
-    if (c->req_body_done || c->up == NULL) {
+    if (c->r.req_body_done || c->r.up == NULL) {
         return;
     }
-    struct evbuffer *out = dm_upstream_output(c->up);
+    struct evbuffer *out = dm_upstream_output(c->r.up);
     if (out == NULL) {
         return;
     }
     size_t avail = evbuffer_get_length(c->in);
-    if (c->msg.body == DM_HTTP1_BODY_LENGTH) {
-        size_t n = avail < c->req_body_left ? avail : (size_t)c->req_body_left;
+    if (c->r.msg.body == DM_HTTP1_BODY_LENGTH) {
+        size_t n = avail < c->r.req_body_left ? avail : (size_t)c->r.req_body_left;
         if (n > 0) {
             evbuffer_remove_buffer(c->in, out, n);
-            c->req_body_left -= n;
+            c->r.req_body_left -= n;
         }
-        if (c->req_body_left == 0) {
-            c->req_body_done = true;
+        if (c->r.req_body_left == 0) {
+            c->r.req_body_done = true;
         }
-    } else if (c->msg.body == DM_HTTP1_BODY_CHUNKED) {
+    } else if (c->r.msg.body == DM_HTTP1_BODY_CHUNKED) {
         uint64_t data_bytes;
-        if (dm_chunked_move(&c->req_chunked, c->in, out, false, &data_bytes) != 0) {
+        if (dm_chunked_move(&c->r.req_chunked, c->in, out, false, &data_bytes) != 0) {
             DM_LOG_DBG("http", "c=%llu bad chunked request body", (unsigned long long)c->id);
-            dm_upstream_detach(c->up, false);
-            c->up = NULL;
-            if (!c->resp_started) {
-                c->msg.error_status = 400;
-                c->msg.error = "bad chunked body";
+            dm_upstream_detach(c->r.up, false);
+            c->r.up = NULL;
+            if (!c->r.resp_started) {
+                c->r.msg.error_status = 400;
+                c->r.msg.error = "bad chunked body";
                 conn_parse_error(c);
             } else {
-                conn_close(c);
+                dm_conn_close(c);
             }
             return;
         }
-        if (c->req_chunked.state == DM_CHUNK_DONE) {
-            c->req_body_done = true;
+        if (c->r.req_chunked.state == DM_CHUNK_DONE) {
+            c->r.req_body_done = true;
         }
     } else {
-        c->req_body_done = true;
+        c->r.req_body_done = true;
     }
-    if (c->req_body_done) {
-        dm_upstream_request_done(c->up);
+    if (c->r.req_body_done) {
+        dm_upstream_request_done(c->r.up);
         if (evbuffer_get_length(c->out) == 0) {
             /* Waiting for the backend now: its own timers apply. */
             evtimer_del(&c->timer);
         }
     }
-    dm_upstream_kick(c->up);
+    dm_upstream_kick(c->r.up);
 }
 
 static void conn_start_request(struct dm_conn *c, size_t head_len)
 {
-    const struct dm_http1_msg *m = &c->msg;
+    struct dm_stream *s = &c->r;
     const struct cfg *cfg = c->gen->cfg;
-    c->req_start_us = dm_time_mono_us();
-    size_t ml = m->method_len < sizeof(c->method) - 1 ? m->method_len : sizeof(c->method) - 1;
-    memcpy(c->method, m->method, ml);
-    c->method[ml] = '\0';
-    size_t pl = m->target_len < sizeof(c->path) - 1 ? m->target_len : sizeof(c->path) - 1;
-    memcpy(c->path, m->target, pl);
-    c->path[pl] = '\0';
-    c->is_head = dm_str_ieq_lit(m->method, m->method_len, "HEAD");
-    c->is_http10 = m->version_minor == 0;
-    c->keep_alive = m->keep_alive && !c->want_close && !c->w->draining;
-    c->req_body_left = m->body == DM_HTTP1_BODY_LENGTH ? m->content_length : 0;
-    dm_http1_chunked_init(&c->req_chunked);
-
-    const char *raw_host;
-    size_t raw_host_len;
-    if (host_from_request(c, &raw_host, &raw_host_len) != 0) {
-        evbuffer_drain(c->in, head_len);
-        c->msg.error_status = 400;
-        c->msg.error = "bad host";
-        conn_parse_error(c);
-        return;
-    }
-    bool has_body = m->body != DM_HTTP1_BODY_NONE;
-
-    /* http-01 (RFC 8555 §8.3) is answered before the HTTPS redirect. */
-    if (c->ssl == NULL && m->target_len > 28 &&
-        memcmp(m->target, "/.well-known/acme-challenge/", 28) == 0 &&
-        (dm_str_ieq_lit(m->method, m->method_len, "GET") || c->is_head)) {
-        char key_auth[512];
-        int n = acme_http01_lookup(m->target + 28, m->target_len - 28, key_auth, sizeof(key_auth));
-        if (n >= 0) {
-            evbuffer_drain(c->in, head_len);
-            dm_log(DM_LOG_INFO, "acme", "http-01 challenge answered for %s from %s", c->host,
-                   c->peer_ip);
-            conn_respond_typed(c, 200, "application/octet-stream", key_auth, has_body);
-            return;
-        }
-    }
-    char retry[40]; /* per-IP request rate (limits.c): 429 with Retry-After */
-    if (dm_limits_request(c, retry, sizeof(retry)) != 0) {
-        evbuffer_drain(c->in, head_len);
-        conn_respond(c, 429, retry, "429 Too Many Requests\n", has_body);
-        return;
-    }
-    if (c->ssl == NULL && cfg->redirect_http) {
-        if (c->host[0] == '\0') {
-            evbuffer_drain(c->in, head_len);
-            conn_respond(c, 400, NULL, "400 Bad Request: no Host\n", true);
-            return;
-        }
-        conn_redirect(c, head_len);
-        return;
-    }
-    c->site = c->host[0] ? dm_route_find(c->gen->route, c->host, strlen(c->host)) : NULL;
-    if (c->site == NULL) {
-        evbuffer_drain(c->in, head_len);
-        conn_respond(c, 404, NULL, "404 Not Found: no site for this host\n", has_body);
-        return;
-    }
-    /* A connection authenticated for one site must not reach another
-     * (RFC 9110 §7.4: answer 421 so the client retries on a new connection). */
-    if (c->ssl != NULL && c->sni[0] != '\0' && c->sni_site != c->site) {
-        evbuffer_drain(c->in, head_len);
-        conn_respond(c, 421, NULL, "421 Misdirected Request\n", has_body);
-        return;
-    }
-    const struct cfg_site *s = c->site;
-    const struct cfg_addr *addr = &s->to[s->num_to > 1 ? c->w->rr++ % s->num_to : 0];
-    c->backend = addr->text;
-
+    dm_stream_begin(s);
+    s->keep_alive = s->msg.keep_alive && !c->want_close && !c->w->draining;
+    bool has_body = s->msg.body != DM_HTTP1_BODY_NONE;
     struct evbuffer *hb = evbuffer_new();
     if (hb == NULL) {
-        conn_close(c);
+        dm_conn_close(c);
         return;
     }
-    conn_build_upstream_head(c, hb, raw_host, raw_host_len);
-    evbuffer_drain(c->in, head_len);
+    const struct cfg_addr *addr = NULL;
+    int rc = dm_request_prepare(s, head_len, hb, &addr);
+    if (rc <= 0) {
+        evbuffer_free(hb);
+        if (rc < 0) {
+            dm_conn_close(c);
+        }
+        return;
+    }
     c->state = DM_CONN_PROXY;
     evtimer_del(&c->timer);
-    if (dm_upstream_start(c, addr, hb) != 0) {
+    if (dm_upstream_start(s, addr, hb) != 0) {
         evbuffer_free(hb);
         conn_respond(c, 502, NULL, "502 Bad Gateway\n", true);
         return;
     }
     evbuffer_free(hb);
     if (has_body) {
-        conn_set_timer(c, cfg->timeouts.body_ms);
+        dm_conn_set_timer(c, cfg->timeouts.body_ms);
     }
     conn_forward_body(c);
 }
@@ -820,28 +522,31 @@ static void conn_process(struct dm_conn *c)
         case DM_CONN_HANDSHAKE:
         case DM_CONN_CLOSING:
             return;
+        case DM_CONN_H2:
+            dm_h2_on_input(c);
+            return;
         case DM_CONN_IDLE:
             if (evbuffer_get_length(c->in) == 0) {
                 return;
             }
             conn_reset_request(c);
             c->state = DM_CONN_HEAD;
-            conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
+            dm_conn_set_timer(c, c->gen->cfg->timeouts.header_ms);
             break;
         case DM_CONN_HEAD: {
             size_t len = evbuffer_get_length(c->in);
             const struct dm_http1_limits *lim = &c->gen->req_limits;
             size_t want = len < lim->max_header_bytes + 4 ? len : lim->max_header_bytes + 4;
             const char *data = (const char *)evbuffer_pullup(c->in, (ssize_t)want);
-            ssize_t n = dm_http1_parse_request(&c->parser, &c->msg, data, want, lim);
+            ssize_t n = dm_http1_parse_request(&c->parser, &c->r.msg, data, want, lim);
             if (n == DM_PARSE_AGAIN) {
                 if (c->eof) {
-                    conn_close(c);
+                    dm_conn_close(c);
                 }
                 return;
             }
             if (n == DM_PARSE_ERROR) {
-                c->keep_alive = false;
+                c->r.keep_alive = false;
                 conn_parse_error(c);
                 return;
             }
@@ -853,19 +558,19 @@ static void conn_process(struct dm_conn *c)
         }
         case DM_CONN_PROXY:
             conn_forward_body(c);
-            if (!c->closed && c->state == DM_CONN_PROXY && c->req_body_done &&
+            if (!c->closed && c->state == DM_CONN_PROXY && c->r.req_body_done &&
                 evbuffer_get_length(c->in) > DM_PIPELINE_MAX) {
                 conn_pause_read(c);
             }
             return;
         case DM_CONN_TUNNEL: {
-            struct evbuffer *out = c->up ? dm_upstream_output(c->up) : NULL;
+            struct evbuffer *out = c->r.up ? dm_upstream_output(c->r.up) : NULL;
             if (out != NULL && evbuffer_get_length(c->in) > 0) {
                 evbuffer_add_buffer(out, c->in);
-                dm_upstream_kick(c->up);
+                dm_upstream_kick(c->r.up);
             }
             if (c->eof) {
-                conn_finish(c);
+                dm_conn_finish(c);
             }
             return;
         }
@@ -935,11 +640,24 @@ static void conn_handshake(struct dm_conn *c)
         }
         if (c->is_acme_alpn) {
             /* RFC 8737 §3: the validation is the handshake; nothing follows. */
-            conn_finish(c);
+            dm_conn_finish(c);
             return;
         }
-        c->state = DM_CONN_IDLE;
-        conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+        const uint8_t *proto;
+        unsigned proto_len;
+        SSL_get0_alpn_selected(c->ssl, &proto, &proto_len);
+        if (proto_len == 2 && memcmp(proto, "h2", 2) == 0) {
+            if (dm_h2_start(c) != 0) {
+                dm_conn_close(c);
+                return;
+            }
+            c->state = DM_CONN_H2;
+            dm_conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+            dm_conn_schedule_flush(c); /* our SETTINGS */
+        } else {
+            c->state = DM_CONN_IDLE;
+            dm_conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+        }
         /* BoringSSL sent its tickets before the client's Finished arrived, so
          * nothing carries the ACK of that Finished: acknowledge at once, or a
          * client with Nagle on holds its first request for the delayed ACK
@@ -958,7 +676,7 @@ static void conn_handshake(struct dm_conn *c)
          * deadline again. */
         conn_od_end(c, e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
         event_add(&c->rev, NULL);
-        conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
+        dm_conn_set_timer(c, c->gen->cfg->timeouts.handshake_ms);
     }
     if (e == SSL_ERROR_WANT_READ) {
         return;
@@ -976,7 +694,7 @@ static void conn_handshake(struct dm_conn *c)
     } else {
         ERR_clear_error();
     }
-    conn_close(c);
+    dm_conn_close(c);
 }
 
 static void conn_on_read(evutil_socket_t fd, short what, void *arg)
@@ -997,7 +715,7 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         while ((n = read(c->fd, junk, sizeof(junk))) > 0) {
         }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            conn_close(c);
+            dm_conn_close(c);
         }
         goto out;
     }
@@ -1006,8 +724,8 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
     }
     size_t n = conn_read_socket(c);
     dm_metrics_bytes_in(c->w->metrics, n);
-    if (n > 0 && c->state == DM_CONN_PROXY && !c->req_body_done) {
-        conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+    if (n > 0 && c->state == DM_CONN_PROXY && !c->r.req_body_done) {
+        dm_conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
     }
     conn_process(c);
     if (!c->closed && !c->eof && !c->read_paused && c->ssl != NULL &&
@@ -1016,11 +734,11 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         event_active(&c->rev, EV_READ, 0);
     }
     if (!c->closed && c->eof) {
-        if (c->state == DM_CONN_IDLE || c->state == DM_CONN_HEAD) {
-            conn_close(c);
-        } else if (c->state == DM_CONN_PROXY && !c->req_body_done) {
+        if (c->state == DM_CONN_IDLE || c->state == DM_CONN_HEAD || c->state == DM_CONN_H2) {
+            dm_conn_close(c);
+        } else if (c->state == DM_CONN_PROXY && !c->r.req_body_done) {
             /* The client went away mid-body: nothing useful can follow. */
-            conn_close(c);
+            dm_conn_close(c);
         } else {
             event_del(&c->rev);
         }
@@ -1037,10 +755,10 @@ static void conn_start_linger(struct dm_conn *c)
     /* Linger only when the client may still be sending (an error answered
      * early, an unread body, pipelined bytes): otherwise unread input cannot
      * exist and a plain close saves a shutdown, a wakeup and a read. */
-    bool may_send_more = c->status >= 400 || !c->req_body_done || c->rbuf != NULL ||
+    bool may_send_more = c->r.status >= 400 || !c->r.req_body_done || c->rbuf != NULL ||
                          evbuffer_get_length(c->in) > 0 || c->state == DM_CONN_TUNNEL;
     if (!may_send_more || c->eof) {
-        conn_close(c);
+        dm_conn_close(c);
         return;
     }
     dm_conn_rbuf_release(c);
@@ -1048,19 +766,18 @@ static void conn_start_linger(struct dm_conn *c)
     c->lingering = true;
     event_del(&c->wev);
     if (c->eof) {
-        conn_close(c);
+        dm_conn_close(c);
         return;
     }
     c->read_paused = false;
     event_add(&c->rev, NULL);
-    conn_set_timer(c, CONN_LINGER_MS);
+    dm_conn_set_timer(c, CONN_LINGER_MS);
 }
 
-static void conn_flush(struct dm_conn *c)
+/* conn_write_out writes c->out to the socket. Returns 1 when it is empty, 0
+ * when the socket is full (the write event is armed), -1 when c was closed. */
+static int conn_write_out(struct dm_conn *c)
 {
-    if (c->closed || c->lingering) {
-        return;
-    }
     while (evbuffer_get_length(c->out) > 0) {
         if (c->ssl != NULL) {
             size_t total = evbuffer_get_length(c->out);
@@ -1081,32 +798,89 @@ static void conn_flush(struct dm_conn *c)
             int e = SSL_get_error(c->ssl, n);
             if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
                 event_add(&c->wev, NULL);
-                return;
+                return 0;
             }
             ERR_clear_error();
-            conn_close(c);
-            return;
+            dm_conn_close(c);
+            return -1;
         }
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
                 event_add(&c->wev, NULL);
-                return;
+                return 0;
             }
-            conn_close(c);
-            return;
+            dm_conn_close(c);
+            return -1;
         }
     }
     event_del(&c->wev);
+    return 1;
+}
+
+/* conn_flush_h2 alternates between letting the session produce frames (a
+ * bounded amount at a time) and writing them, until the session has nothing
+ * more or the socket is full. */
+static void conn_flush_h2(struct dm_conn *c)
+{
+    conn_hold(c);
+    bool finished = false;
+    size_t written = 0;
+    for (;;) {
+        size_t before = evbuffer_get_length(c->out);
+        finished = dm_h2_produce(c);
+        size_t produced = evbuffer_get_length(c->out) - before;
+        size_t queued = evbuffer_get_length(c->out);
+        int w = conn_write_out(c);
+        if (w >= 0) {
+            written += queued - evbuffer_get_length(c->out);
+        }
+        if (w <= 0) {
+            if (w == 0 && written > 0) {
+                dm_h2_on_progress(c);
+            }
+            goto out; /* closed, or the write event calls us again */
+        }
+        if (produced == 0) {
+            break;
+        }
+    }
+    if (written > 0) {
+        dm_h2_on_progress(c);
+    }
+    dm_h2_after_flush(c);
+    if (!c->closed && c->state == DM_CONN_H2 && finished && dm_h2_produce(c) &&
+        evbuffer_get_length(c->out) == 0) {
+        /* GOAWAY sent and every stream done (or the session failed). */
+        dm_conn_finish(c);
+    } else if (!c->closed && evbuffer_get_length(c->out) > 0) {
+        event_active(&c->wev, EV_WRITE, 0);
+    }
+out:
+    conn_release(c);
+}
+
+void dm_conn_flush(struct dm_conn *c)
+{
+    if (c->closed || c->lingering) {
+        return;
+    }
+    if (c->state == DM_CONN_H2) {
+        conn_flush_h2(c);
+        return;
+    }
+    if (conn_write_out(c) <= 0) {
+        return;
+    }
     if (c->state == DM_CONN_CLOSING) {
         conn_start_linger(c);
         return;
     }
-    if (c->state == DM_CONN_PROXY && c->req_body_done) {
+    if (c->state == DM_CONN_PROXY && c->r.req_body_done) {
         evtimer_del(&c->timer); /* nothing waits on the client */
     }
-    if (c->up != NULL && (c->state == DM_CONN_PROXY || c->state == DM_CONN_TUNNEL)) {
-        dm_upstream_resume(c->up);
+    if (c->r.up != NULL && (c->state == DM_CONN_PROXY || c->state == DM_CONN_TUNNEL)) {
+        dm_upstream_resume(c->r.up);
     }
 }
 
@@ -1124,10 +898,10 @@ static void conn_on_write(evutil_socket_t fd, short what, void *arg)
         }
     } else {
         size_t before = evbuffer_get_length(c->out);
-        conn_flush(c);
-        if (!c->closed && c->state == DM_CONN_PROXY && c->resp_started &&
+        dm_conn_flush(c);
+        if (!c->closed && c->state == DM_CONN_PROXY && c->r.resp_started &&
             evbuffer_get_length(c->out) < before) {
-            conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+            dm_conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
         }
     }
     conn_release(c);
@@ -1146,7 +920,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         c->is_od_expired = true;
         conn_handshake(c);
         if (!c->closed) {
-            conn_close(c);
+            dm_conn_close(c);
         }
         conn_release(c);
         return;
@@ -1155,15 +929,18 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     case DM_CONN_HEAD:
         DM_LOG_DBG("http", "c=%llu %s: request head timeout", (unsigned long long)c->id,
                    c->peer_ip);
-        c->keep_alive = false;
+        c->r.keep_alive = false;
         conn_respond(c, 408, NULL, "408 Request Timeout\n", true);
         break;
     case DM_CONN_PROXY:
         DM_LOG_DBG("http", "c=%llu %s: client body timeout", (unsigned long long)c->id, c->peer_ip);
-        conn_close(c);
+        dm_conn_close(c);
+        break;
+    case DM_CONN_H2:
+        dm_h2_on_timeout(c);
         break;
     default:
-        conn_close(c);
+        dm_conn_close(c);
         break;
     }
     conn_release(c);
@@ -1171,45 +948,45 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- called by upstream.c ---- */
 
-void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
-                              struct evbuffer *resp_buf, size_t head_len)
+void dm_h1_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
+                            struct evbuffer *resp_buf, size_t head_len)
 {
     if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
         /* Interim responses: 100 only to a client that asked (and speaks 1.1). */
-        if (resp->status == 100 && c->msg.expect_continue && !c->is_http10) {
+        if (resp->status == 100 && c->r.msg.expect_continue && !c->r.is_http10) {
             evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-            conn_flush(c);
+            dm_conn_flush(c);
         }
         evbuffer_drain(resp_buf, head_len);
         return;
     }
-    c->status = resp->status;
-    c->resp_started = true;
+    c->r.status = resp->status;
+    c->r.resp_started = true;
     if (resp->status == 101) {
         /* Upgrade accepted: relay the head as is, then raw bytes. */
         evbuffer_remove_buffer(resp_buf, c->out, head_len);
         c->state = DM_CONN_TUNNEL;
-        c->keep_alive = false;
+        c->r.keep_alive = false;
         evtimer_del(&c->timer);
-        dm_access_log(c);
-        conn_flush(c);
+        dm_access_log(&c->r);
+        dm_conn_flush(c);
         if (!c->closed && evbuffer_get_length(c->in) > 0) {
             conn_process(c);
         }
         return;
     }
     if (resp->body == DM_HTTP1_BODY_EOF) {
-        c->keep_alive = false;
+        c->r.keep_alive = false;
     }
-    if (!c->req_body_done) {
+    if (!c->r.req_body_done) {
         /* Answered before the request body ended: we cannot find the next
          * request's start without reading the rest, so close afterwards. */
-        c->keep_alive = false;
+        c->r.keep_alive = false;
     }
     if (c->want_close) {
-        c->keep_alive = false;
+        c->r.keep_alive = false;
     }
-    evbuffer_add_printf(c->out, "HTTP/1.%d %d %.*s\r\n", c->is_http10 ? 0 : 1, resp->status,
+    evbuffer_add_printf(c->out, "HTTP/1.%d %d %.*s\r\n", c->r.is_http10 ? 0 : 1, resp->status,
                         (int)resp->reason_len, resp->reason);
     for (size_t i = 0; i < resp->num_headers; i++) {
         const struct dm_http1_header *h = &resp->headers[i];
@@ -1222,7 +999,7 @@ void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp
             }
             continue;
         }
-        if (is_hop_by_hop(h, resp)) {
+        if (!dm_resp_header_forwarded(h, resp)) {
             continue;
         }
         evbuffer_add(c->out, h->name, h->name_len);
@@ -1231,91 +1008,89 @@ void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp
         evbuffer_add(c->out, "\r\n", 2);
     }
     if (resp->body == DM_HTTP1_BODY_CHUNKED) {
-        if (c->is_http10) {
-            c->dechunk = true;
-            c->keep_alive = false;
+        if (c->r.is_http10) {
+            c->r.dechunk = true;
+            c->r.keep_alive = false;
         } else {
             evbuffer_add(c->out, "Transfer-Encoding: chunked\r\n", 28);
         }
     }
-    if (!c->keep_alive) {
+    if (!c->r.keep_alive) {
         evbuffer_add(c->out, "Connection: close\r\n", 19);
-    } else if (c->is_http10) {
+    } else if (c->r.is_http10) {
         evbuffer_add(c->out, "Connection: keep-alive\r\n", 24);
     }
     evbuffer_add(c->out, "\r\n", 2);
     evbuffer_drain(resp_buf, head_len);
 }
 
-void dm_conn_on_upstream_data(struct dm_conn *c)
+void dm_h1_on_upstream_data(struct dm_conn *c)
 {
-    conn_flush(c);
-    if (!c->closed && c->up != NULL && evbuffer_get_length(c->out) > DM_BUF_HIGH) {
-        dm_upstream_pause(c->up);
-        conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
+    dm_conn_flush(c);
+    if (!c->closed && c->r.up != NULL && evbuffer_get_length(c->out) > DM_BUF_HIGH) {
+        dm_upstream_pause(c->r.up);
+        dm_conn_set_timer(c, c->gen->cfg->timeouts.body_ms);
     }
 }
 
-void dm_conn_on_upstream_writable(struct dm_conn *c)
+void dm_h1_on_upstream_writable(struct dm_conn *c)
 {
     if (c->read_paused && evbuffer_get_length(c->in) <= DM_PIPELINE_MAX) {
         conn_resume_read(c);
     }
-    if (c->state == DM_CONN_PROXY && !c->req_body_done && evbuffer_get_length(c->in) > 0) {
+    if (c->state == DM_CONN_PROXY && !c->r.req_body_done && evbuffer_get_length(c->in) > 0) {
         conn_forward_body(c);
     }
 }
 
-void dm_conn_on_upstream_done(struct dm_conn *c, bool backend_reusable)
+void dm_h1_on_upstream_done(struct dm_conn *c, bool backend_reusable)
 {
     conn_hold(c);
-    struct dm_upstream_conn *u = c->up;
-    c->up = NULL;
-    dm_upstream_detach(u, backend_reusable && c->req_body_done);
+    struct dm_upstream_conn *u = c->r.up;
+    c->r.up = NULL;
+    dm_upstream_detach(u, backend_reusable && c->r.req_body_done);
     if (c->state == DM_CONN_TUNNEL) {
-        conn_finish(c);
+        dm_conn_finish(c);
         goto out;
     }
-    dm_access_log(c);
-    if (!c->keep_alive || c->want_close) {
-        conn_finish(c);
+    dm_access_log(&c->r);
+    if (!c->r.keep_alive || c->want_close) {
+        dm_conn_finish(c);
         goto out;
     }
     c->state = DM_CONN_IDLE;
-    conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
-    conn_flush(c);
+    dm_conn_set_timer(c, c->gen->cfg->timeouts.idle_ms);
+    dm_conn_flush(c);
     if (!c->closed) {
         conn_resume_read(c);
         conn_process(c);
     }
     if (!c->closed && c->eof && c->state == DM_CONN_IDLE) {
-        conn_close(c);
+        dm_conn_close(c);
     }
 out:
     conn_release(c);
 }
 
-void dm_conn_on_upstream_error(struct dm_conn *c, int status, const char *why)
+void dm_h1_on_upstream_error(struct dm_conn *c, int status, const char *why)
 {
     conn_hold(c);
-    struct dm_upstream_conn *u = c->up;
-    c->up = NULL;
+    struct dm_upstream_conn *u = c->r.up;
+    c->r.up = NULL;
     dm_upstream_detach(u, false);
-    if (c->state == DM_CONN_TUNNEL || c->resp_started) {
+    if (c->state == DM_CONN_TUNNEL || c->r.resp_started) {
         /* Mid-response: the only honest signal left is to cut the connection. */
         DM_LOG_DBG("proxy", "c=%llu backend %s failed mid-response: %s", (unsigned long long)c->id,
-                   c->backend ? c->backend : "-", why);
+                   c->r.backend ? c->r.backend : "-", why);
         if (c->state != DM_CONN_TUNNEL) {
-            c->status = 502;
+            c->r.status = 502;
         }
-        conn_finish(c);
+        dm_conn_finish(c);
         goto out;
     }
-    dm_log(DM_LOG_WARN, "proxy", "c=%llu %s %s%s backend=%s: %d: %s", (unsigned long long)c->id,
-           c->method, c->host, c->path, c->backend ? c->backend : "-", status, why);
     char body[64];
-    snprintf(body, sizeof(body), "%d %s\n", status, status_text(status));
-    conn_respond(c, status, NULL, body, !c->req_body_done);
+    snprintf(body, sizeof(body), "%d %s\n", status, dm_status_text(status));
+    conn_respond(c, status, NULL, body, !c->r.req_body_done);
     if (!c->closed && c->state == DM_CONN_IDLE) {
         conn_resume_read(c);
         conn_process(c);

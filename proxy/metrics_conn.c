@@ -7,14 +7,15 @@
 #include "proxy/metrics.h"
 #include "proxy/proxy_int.h"
 
-void dm_metrics_on_request(const struct dm_conn *c)
+void dm_metrics_on_request(const struct dm_stream *s)
 {
+    const struct dm_conn *c = s->c;
     uint16_t site = DM_METRICS_SITE_NONE;
-    if (c->site != NULL && c->gen != NULL) {
-        site = c->gen->site_metric[c->site - c->gen->cfg->sites];
+    if (s->site != NULL && c->gen != NULL) {
+        site = c->gen->site_metric[s->site - c->gen->cfg->sites];
     }
-    uint64_t us = c->req_start_us ? dm_time_mono_us() - c->req_start_us : 0;
-    dm_metrics_request(c->w->metrics, site, c->status, us, c->resp_bytes);
+    uint64_t us = s->req_start_us ? dm_time_mono_us() - s->req_start_us : 0;
+    dm_metrics_request(c->w->metrics, site, s->status, us, s->resp_bytes);
 }
 
 void dm_metrics_on_handshake(const struct dm_conn *c, bool is_ok, int ssl_error)

@@ -100,7 +100,45 @@ enum dm_conn_state {
     DM_CONN_HEAD,          /* reading a request head */
     DM_CONN_PROXY,         /* a request is being forwarded */
     DM_CONN_TUNNEL,        /* upgraded (WebSocket): raw bytes both ways */
+    DM_CONN_H2,            /* HTTP/2: http2.c drives the connection */
     DM_CONN_CLOSING,       /* flushing the last response, then close */
+};
+
+struct dm_h2;
+
+/* One request/response exchange on a client connection: the request model
+ * both protocols feed (docs/architecture.md, "Streams"). An HTTP/1.x
+ * connection embeds one (c->r) and serves its requests one after another; an
+ * HTTP/2 connection has one per open stream (http2.c). Routing, header
+ * rewriting, backend forwarding (upstream.c), local error answers and the
+ * access log work on this struct and never on the wire format. */
+struct dm_stream {
+    struct dm_conn *c;       /* borrowed: the connection carrying the exchange */
+    int32_t h2_id;           /* HTTP/2 stream id; 0 for HTTP/1.x */
+    struct evbuffer *out;    /* response bytes for the client: c->out (borrowed) for
+                                HTTP/1.x, the stream's own buffer (owned) for HTTP/2 */
+    struct dm_http1_msg msg; /* the request head; its strings are valid only while
+                                the head is handled (they point into c->in, or
+                                into the HTTP/2 stream's header storage) */
+    struct dm_http1_chunked req_chunked;
+    uint64_t req_body_left; /* Content-Length bytes still to forward */
+    bool req_body_done;
+    bool keep_alive; /* HTTP/1.x: answer keeps the connection open */
+    bool is_head;
+    bool resp_started; /* a response head went to the client */
+    bool is_http10;
+    bool dechunk; /* a chunked response is de-chunked (HTTP/1.0 client, or HTTP/2) */
+    int status;
+    uint64_t resp_bytes; /* bytes of response body written (for logs) */
+    uint64_t req_start_us;
+    char method[16];
+    char host[256];
+    char path[512];              /* truncated copy for the access log */
+    const struct cfg_site *site; /* borrowed from gen */
+    struct dm_upstream_conn *up; /* the backend connection serving this request */
+    const char *backend;         /* borrowed from gen: backend address text */
+    struct evbuffer *trailers;   /* owned, HTTP/2 only: response trailer lines
+                                    ("name: value\r\n") from a chunked backend body */
 };
 
 /* A client connection (TLS or the plain-HTTP redirect port). Belongs to one
@@ -131,31 +169,16 @@ struct dm_conn {
     bool sock_drained;           /* the last recv found no more bytes in the socket */
     struct dm_conn *prev, *next; /* worker's list */
 
-    /* Current request. */
+    /* HTTP/1.x: the current request (one at a time; pipelined ones wait in
+     * the input buffer). */
     struct dm_http1_parser parser;
-    struct dm_http1_msg msg;
-    struct dm_http1_chunked req_chunked;
-    uint64_t req_body_left; /* Content-Length bytes still to forward */
-    bool req_body_done;
-    bool keep_alive; /* answer keeps the connection open */
-    bool is_head;
-    bool resp_started; /* a response head went to the client */
-    bool want_close;   /* close after this response (errors, shutdown) */
-    bool read_paused;  /* backpressure */
-    bool eof;          /* client closed its side */
-    bool is_http10;
-    bool dechunk; /* response is chunked but the client speaks 1.0 */
-    int status;
-    uint64_t resp_bytes; /* bytes of response written (for logs) */
-    uint64_t req_start_us;
-    char method[16];
-    char host[256];
-    char path[512];              /* truncated copy for the access log */
-    const struct cfg_site *site; /* borrowed from gen */
-    struct dm_upstream_conn *up; /* the backend connection serving this request */
-    const char *backend;         /* borrowed from gen: backend address text */
-    int refs;                    /* holds during callback dispatch */
-    bool ip_counted;             /* counted in the worker's per-IP table (limits.c) */
+    struct dm_stream r;
+    struct dm_h2 *h2; /* owned: the HTTP/2 session when ALPN chose h2, else NULL */
+    bool want_close;  /* close after this response (errors, shutdown) */
+    bool read_paused; /* backpressure */
+    bool eof;         /* client closed its side */
+    int refs;         /* holds during callback dispatch */
+    bool ip_counted;  /* counted in the worker's per-IP table (limits.c) */
     bool closed;
     bool lingering; /* response sent, write side shut, discarding input */
 };
@@ -211,23 +234,94 @@ void dm_conn_force_close(struct dm_conn *c);
  * certificate (it may wait again); the worker unlisted it already. */
 void dm_conn_od_retry(struct dm_conn *c);
 
-/* Called by upstream.c while forwarding. */
-void dm_conn_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
-                              struct evbuffer *resp_buf, size_t head_len);
-void dm_conn_on_upstream_data(struct dm_conn *c);
-void dm_conn_on_upstream_done(struct dm_conn *c, bool backend_reusable);
-void dm_conn_on_upstream_error(struct dm_conn *c, int status, const char *why);
-/* The backend's output fell below the low mark: resume reading the client. */
-void dm_conn_on_upstream_writable(struct dm_conn *c);
+/* request.c: the request path both protocols share. Called by upstream.c
+ * while forwarding; each dispatches to the stream's protocol. */
+void dm_stream_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+                                struct evbuffer *resp_buf, size_t head_len);
+void dm_stream_on_upstream_data(struct dm_stream *s);
+void dm_stream_on_upstream_done(struct dm_stream *s, bool backend_reusable);
+void dm_stream_on_upstream_error(struct dm_stream *s, int status, const char *why);
+/* The backend's output fell below the low mark: take more request body. */
+void dm_stream_on_upstream_writable(struct dm_stream *s);
+/* The backend's output rose above the high mark: stop taking request body. */
+void dm_stream_on_upstream_full(struct dm_stream *s);
+
+/* dm_stream_begin fills s's log fields from s->msg and resets per-request
+ * state; the request head must be in s->msg. */
+void dm_stream_begin(struct dm_stream *s);
+/* dm_request_prepare runs the shared request path on s->msg: host, ACME
+ * http-01, the HTTPS redirect, routing, the SNI/site check, then writes the
+ * backend's request head into hb. head_len bytes of the head are consumed from
+ * the connection input (HTTP/1.x) before any answer. Returns 1 with *out_addr
+ * set when the request goes to a backend, 0 when it was answered here
+ * (dm_stream_respond ran), -1 when the connection must close. */
+int dm_request_prepare(struct dm_stream *s, size_t head_len, struct evbuffer *hb,
+                       const struct cfg_addr **out_addr);
+/* dm_stream_respond answers s with a short response made by the proxy. */
+void dm_stream_respond(struct dm_stream *s, int status, const char *content_type,
+                       const char *extra_headers, const char *body, bool close_after);
+/* dm_status_text returns the reason phrase of status. */
+const char *dm_status_text(int status);
+/* dm_resp_header_forwarded tells whether a backend response field h goes to
+ * the client: hop-by-hop fields (RFC 9110 §7.6.1) never do, Content-Length
+ * only when it frames the body. Used for both protocols. */
+bool dm_resp_header_forwarded(const struct dm_http1_header *h, const struct dm_http1_msg *resp);
+bool dm_header_is_hop_by_hop(const struct dm_http1_header *h, const struct dm_http1_msg *m);
+
+/* conn.c: the HTTP/1.x side of the request path. */
+void dm_h1_respond(struct dm_conn *c, int status, const char *content_type,
+                   const char *extra_headers, const char *body, bool close_after);
+void dm_h1_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
+                            struct evbuffer *resp_buf, size_t head_len);
+void dm_h1_on_upstream_data(struct dm_conn *c);
+void dm_h1_on_upstream_done(struct dm_conn *c, bool backend_reusable);
+void dm_h1_on_upstream_error(struct dm_conn *c, int status, const char *why);
+void dm_h1_on_upstream_writable(struct dm_conn *c);
+/* dm_conn_flush writes what the connection has queued; for HTTP/2 it first
+ * lets the session produce frames. May close c (check c->closed). */
+void dm_conn_flush(struct dm_conn *c);
+/* dm_conn_schedule_flush asks for a flush from the loop (never inside the
+ * caller's frame). */
+void dm_conn_schedule_flush(struct dm_conn *c);
+void dm_conn_set_timer(struct dm_conn *c, uint32_t ms);
+void dm_conn_close(struct dm_conn *c);
+void dm_conn_finish(struct dm_conn *c);
+
+/* http2.c: HTTP/2 on client connections (nghttp2 server sessions). */
+/* dm_h2_start makes the session of c (ALPN chose h2) and queues our SETTINGS.
+ * Returns 0, or -1 (the caller closes c). */
+int dm_h2_start(struct dm_conn *c);
+/* dm_h2_on_input feeds c->in to the session. */
+void dm_h2_on_input(struct dm_conn *c);
+/* dm_h2_produce moves frames from the session into c->out, up to a bound.
+ * Returns true if the session is finished (nothing to read or write). */
+bool dm_h2_produce(struct dm_conn *c);
+/* dm_h2_on_progress re-arms the connection timer after bytes went out. */
+void dm_h2_on_progress(struct dm_conn *c);
+/* dm_h2_after_flush runs once c->out has drained: resumes paused backends. */
+void dm_h2_after_flush(struct dm_conn *c);
+/* dm_h2_drain sends GOAWAY; open streams finish (graceful shutdown). */
+void dm_h2_drain(struct dm_conn *c);
+/* dm_h2_free frees the session and every stream (connection close). */
+void dm_h2_free(struct dm_conn *c);
+void dm_h2_on_timeout(struct dm_conn *c);
+void dm_h2_respond(struct dm_stream *s, int status, const char *content_type,
+                   const char *extra_headers, const char *body);
+void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+                            struct evbuffer *resp_buf, size_t head_len);
+void dm_h2_on_upstream_data(struct dm_stream *s);
+void dm_h2_on_upstream_done(struct dm_stream *s, bool backend_reusable);
+void dm_h2_on_upstream_error(struct dm_stream *s, int status, const char *why);
+void dm_h2_on_upstream_writable(struct dm_stream *s);
 
 /* upstream.c: backend connections and their idle pools. */
 struct dm_upstream_conn;
 struct dm_upstream_pool;
 
-/* dm_upstream_start gets a backend connection for c's request (pooled or new)
+/* dm_upstream_start gets a backend connection for s's request (pooled or new)
  * and arranges for the head in head_buf to be sent first. Results arrive via
- * dm_conn_on_upstream_*; never called back from inside this call. */
-int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evbuffer *head_buf);
+ * dm_stream_on_upstream_*; never called back from inside this call. */
+int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf);
 /* The evbuffer to append request body bytes to (NULL if gone). */
 struct evbuffer *dm_upstream_output(struct dm_upstream_conn *u);
 size_t dm_upstream_output_len(struct dm_upstream_conn *u);
@@ -253,9 +347,16 @@ void dm_upstream_pools_close_idle(struct dm_worker *w);
  * framing. */
 int dm_chunked_move(struct dm_http1_chunked *ch, struct evbuffer *src, struct evbuffer *dst,
                     bool dechunk, uint64_t *out_data_bytes);
+/* dm_chunked_move_trailers de-chunks like dm_chunked_move and also keeps the
+ * trailer section's field lines ("name: value\r\n") in trailers, which must
+ * be empty at the start of the body (bounded by DM_HTTP1_MAX_TRAILER_BYTES
+ * plus one size line). */
+int dm_chunked_move_trailers(struct dm_http1_chunked *ch, struct evbuffer *src,
+                             struct evbuffer *dst, struct evbuffer *trailers,
+                             uint64_t *out_data_bytes);
 
 /* access_log.c: one line per request to the access log (and its metrics). */
-void dm_access_log(const struct dm_conn *c);
+void dm_access_log(const struct dm_stream *s);
 
 /* limits.c: per-client-IP limits (limits.per_ip_*), one line per hook.
  * dm_limits_accept_ok tells whether sa may open one more connection (false:
@@ -270,8 +371,9 @@ void dm_limits_conn_closed(struct dm_conn *c);
 uint32_t dm_limits_request(struct dm_conn *c, char *retry_header, size_t cap);
 
 /* metrics hooks with the connection's context (metrics_conn.c). */
-/* dm_metrics_on_request counts the request c has just answered. */
-void dm_metrics_on_request(const struct dm_conn *c);
+/* dm_metrics_on_request counts the request (HTTP/1.x or an HTTP/2 stream)
+ * s has just answered. */
+void dm_metrics_on_request(const struct dm_stream *s);
 /* dm_metrics_on_handshake counts a finished handshake; ssl_error is
  * SSL_get_error's result when it failed (call before the queue is cleared). */
 void dm_metrics_on_handshake(const struct dm_conn *c, bool is_ok, int ssl_error);

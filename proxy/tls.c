@@ -233,8 +233,12 @@ static int tls_on_alpn(SSL *ssl, const uint8_t **out, uint8_t *out_len, const ui
         }
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    if (SSL_select_next_proto(&sel, out_len, http11, sizeof(http11) - 1, in, in_len) ==
-        OPENSSL_NPN_NEGOTIATED) {
+    /* h2 first when enabled: our list's order decides (RFC 7301 §3.2). */
+    static const uint8_t h2_http11[] = "\x02h2\x08http/1.1";
+    bool h2 = c != NULL && c->gen->cfg->http2.enabled;
+    if (SSL_select_next_proto(&sel, out_len, h2 ? h2_http11 : http11,
+                              h2 ? sizeof(h2_http11) - 1 : sizeof(http11) - 1, in,
+                              in_len) == OPENSSL_NPN_NEGOTIATED) {
         *out = sel;
         return SSL_TLSEXT_ERR_OK;
     }

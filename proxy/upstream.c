@@ -23,11 +23,19 @@
 #include "proxy/core/str.h"
 #include "proxy/proxy_int.h"
 
-/* Idle backend connections kept per backend and worker, and how long. */
-#define UP_POOL_MAX    128
+/* Idle backend connections kept per backend and worker, and how long. An
+ * HTTP/2 client multiplexes many streams and each one needs a backend
+ * connection of its own while in flight, so the pool must hold what a few
+ * busy HTTP/2 connections use at once (100 streams each by default);
+ * otherwise backend connections are opened and closed all the time. */
+#define UP_POOL_MAX    1024
 #define UP_IDLE_MS     30000
 #define UP_READ_BUDGET (256 * 1024)
 #define UP_READ_CHUNK  (64 * 1024)
+/* First read of a wakeup after a small one: most responses are small, and a
+ * 64 KiB buffer per read would sit, mostly empty, in every stream's pending
+ * output until the client takes it (hundreds at once over HTTP/2). */
+#define UP_SMALL_CHUNK 4096
 
 enum up_state {
     UP_RESOLVING = 0,
@@ -47,7 +55,7 @@ struct dm_upstream_pool {
 
 struct dm_upstream_conn {
     struct dm_worker *w;           /* borrowed */
-    struct dm_conn *c;             /* borrowed: client being served, NULL when idle */
+    struct dm_stream *s;           /* borrowed: request being served, NULL when idle */
     struct dm_upstream_pool *pool; /* borrowed */
     int fd;
     enum up_state state;
@@ -67,6 +75,7 @@ struct dm_upstream_conn {
     bool paused;
     bool eof;
     bool closed;
+    bool big_reads;            /* the last wakeup read at least UP_SMALL_CHUNK bytes */
     bool response_timer_armed; /* timeouts.response runs from the end of the request */
     int pending_error;         /* status to report from the deferred timer, 0 = none */
     const char *pending_why;
@@ -135,12 +144,12 @@ static void pool_remove(struct dm_upstream_conn *u)
  * start call, so callbacks never run inside dm_upstream_start). */
 static void up_fail(struct dm_upstream_conn *u, int status, const char *why)
 {
-    struct dm_conn *c = u->c;
-    if (c == NULL) {
+    struct dm_stream *s = u->s;
+    if (s == NULL) {
         up_close(u);
         return;
     }
-    dm_conn_on_upstream_error(c, status, why);
+    dm_stream_on_upstream_error(s, status, why);
 }
 
 static void up_defer_fail(struct dm_upstream_conn *u, int status, const char *why)
@@ -210,7 +219,7 @@ static void up_connect_addr(struct dm_upstream_conn *u, const struct sockaddr *s
     }
     u->state = UP_CONNECTING;
     event_add(&u->wev, NULL);
-    up_set_timer(u, u->c->gen->cfg->timeouts.connect_ms);
+    up_set_timer(u, u->s->c->gen->cfg->timeouts.connect_ms);
 }
 
 static void up_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
@@ -232,17 +241,17 @@ static void up_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
     evutil_freeaddrinfo(res);
 }
 
-static void up_attach(struct dm_upstream_conn *u, struct dm_conn *c, struct evbuffer *head)
+static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct evbuffer *head)
 {
-    u->c = c;
-    c->up = u;
+    u->s = s;
+    s->up = u;
     up_reset_exchange(u);
     evbuffer_add_buffer(u->out, head);
 }
 
-int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evbuffer *head_buf)
+int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf)
 {
-    struct dm_worker *w = c->w;
+    struct dm_worker *w = s->c->w;
     struct dm_upstream_pool *pool = pool_get(w, addr->text);
     if (pool == NULL) {
         return -1;
@@ -254,14 +263,14 @@ int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evb
         u->reused = true;
         /* A pooled connection may have been closed by the backend a moment
          * ago; keep the head so a request without a body can be retried. */
-        if (c->msg.body == DM_HTTP1_BODY_NONE) {
+        if (s->msg.body == DM_HTTP1_BODY_NONE) {
             u->retry_head = evbuffer_new();
             if (u->retry_head != NULL) {
                 size_t n = evbuffer_get_length(head_buf);
                 evbuffer_add(u->retry_head, evbuffer_pullup(head_buf, (ssize_t)n), n);
             }
         }
-        up_attach(u, c, head_buf);
+        up_attach(u, s, head_buf);
         u->state = UP_WAIT_HEAD;
         /* No write event: the caller's dm_upstream_kick writes at once and
          * asks for writability only if the socket is full. */
@@ -272,7 +281,7 @@ int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evb
     if (u == NULL) {
         return -1;
     }
-    up_attach(u, c, head_buf);
+    up_attach(u, s, head_buf);
     switch (addr->kind) {
     case CFG_ADDR_IP:
     case CFG_ADDR_UNIX:
@@ -288,7 +297,7 @@ int dm_upstream_start(struct dm_conn *c, const struct cfg_addr *addr, struct evb
         char port[8];
         snprintf(port, sizeof(port), "%u", addr->port);
         u->state = UP_RESOLVING;
-        up_set_timer(u, c->gen->cfg->timeouts.connect_ms);
+        up_set_timer(u, s->c->gen->cfg->timeouts.connect_ms);
         up_hold(u);
         /* May call back at once (cached or numeric); that path only defers. */
         u->dns = evdns_getaddrinfo(w->dns, addr->host, port, &hints, up_on_resolved, u);
@@ -344,12 +353,8 @@ void dm_upstream_kick(struct dm_upstream_conn *u)
         return;
     }
     up_flush(u);
-    if (u->c != NULL && evbuffer_get_length(u->out) > DM_BUF_HIGH) {
-        /* Stop reading the client until the backend takes the body. */
-        if (!u->c->read_paused) {
-            u->c->read_paused = true;
-            event_del(&u->c->rev);
-        }
+    if (u->s != NULL && evbuffer_get_length(u->out) > DM_BUF_HIGH) {
+        dm_stream_on_upstream_full(u->s);
     }
 }
 
@@ -358,10 +363,10 @@ void dm_upstream_kick(struct dm_upstream_conn *u)
  * once the whole request is out, the response head (timeouts.response). */
 static void up_arm_wait(struct dm_upstream_conn *u)
 {
-    if (u->c == NULL || u->state != UP_WAIT_HEAD) {
+    if (u->s == NULL || u->state != UP_WAIT_HEAD) {
         return;
     }
-    const struct cfg_timeouts *t = &u->c->gen->cfg->timeouts;
+    const struct cfg_timeouts *t = &u->s->c->gen->cfg->timeouts;
     if (u->req_done && evbuffer_get_length(u->out) == 0) {
         if (!u->response_timer_armed) {
             u->response_timer_armed = true;
@@ -393,11 +398,14 @@ void dm_upstream_resume(struct dm_upstream_conn *u)
     if (u->paused && !u->closed) {
         u->paused = false;
         event_add(&u->rev, NULL);
-        if (u->state == UP_BODY && u->c != NULL) {
-            up_set_timer(u, u->c->gen->cfg->timeouts.body_ms);
+        if (u->state == UP_BODY && u->s != NULL) {
+            up_set_timer(u, u->s->c->gen->cfg->timeouts.body_ms);
         }
         if (evbuffer_get_length(u->in) > 0 || u->eof) {
+            /* Processing may finish the exchange and release u. */
+            up_hold(u);
             up_process(u);
+            up_release(u);
         }
     }
 }
@@ -436,7 +444,7 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
     if (u == NULL || u->closed) {
         return;
     }
-    u->c = NULL;
+    u->s = NULL;
     if (u->retry_head != NULL) {
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
@@ -489,11 +497,11 @@ void dm_upstream_pools_free(struct dm_worker *w)
  * same request. Returns true if the retry started. */
 static bool up_try_retry(struct dm_upstream_conn *u)
 {
-    struct dm_conn *c = u->c;
-    if (!u->reused || u->got_bytes || u->retry_head == NULL || c == NULL) {
+    struct dm_stream *st = u->s;
+    if (!u->reused || u->got_bytes || u->retry_head == NULL || st == NULL) {
         return false;
     }
-    const struct cfg_site *s = c->site;
+    const struct cfg_site *s = st->site;
     const struct cfg_addr *addr = NULL;
     for (size_t i = 0; s != NULL && i < s->num_to; i++) {
         if (strcmp(s->to[i].text, u->pool->key) == 0) {
@@ -505,31 +513,31 @@ static bool up_try_retry(struct dm_upstream_conn *u)
     }
     struct evbuffer *head = u->retry_head;
     u->retry_head = NULL;
-    u->c = NULL;
-    c->up = NULL;
+    u->s = NULL;
+    st->up = NULL;
     up_close(u);
-    DM_LOG_DBG("upstream", "c=%llu retrying on a new connection to %s", (unsigned long long)c->id,
-               addr->text);
-    struct dm_upstream_pool *pool = pool_get(c->w, addr->text);
-    struct dm_upstream_conn *n = pool ? up_new(c->w, pool) : NULL;
+    DM_LOG_DBG("upstream", "c=%llu retrying on a new connection to %s",
+               (unsigned long long)st->c->id, addr->text);
+    struct dm_upstream_pool *pool = pool_get(st->c->w, addr->text);
+    struct dm_upstream_conn *n = pool ? up_new(st->c->w, pool) : NULL;
     if (n == NULL) {
         evbuffer_free(head);
         return false;
     }
-    up_attach(n, c, head);
+    up_attach(n, st, head);
     evbuffer_free(head);
     n->req_done = true;
     if (addr->kind == CFG_ADDR_HOSTNAME) {
         /* Keep retries simple: names go through the normal start path. */
         struct evbuffer *h2 = evbuffer_new();
         evbuffer_add_buffer(h2, n->out);
-        c->up = NULL;
-        n->c = NULL;
+        st->up = NULL;
+        n->s = NULL;
         up_close(n);
-        int rc = dm_upstream_start(c, addr, h2);
+        int rc = dm_upstream_start(st, addr, h2);
         evbuffer_free(h2);
         if (rc == 0) {
-            c->up->req_done = true;
+            st->up->req_done = true;
         }
         return rc == 0;
     }
@@ -539,17 +547,17 @@ static bool up_try_retry(struct dm_upstream_conn *u)
 
 static void up_finish(struct dm_upstream_conn *u)
 {
-    struct dm_conn *c = u->c;
+    struct dm_stream *s = u->s;
     bool reusable = u->msg.keep_alive && u->msg.body != DM_HTTP1_BODY_EOF && u->req_done &&
                     !u->eof && evbuffer_get_length(u->in) == 0;
     evtimer_del(&u->timer);
-    dm_conn_on_upstream_done(c, reusable);
+    dm_stream_on_upstream_done(s, reusable);
 }
 
 /* up_move_body moves response body bytes to the client per the framing. */
 static void up_move_body(struct dm_upstream_conn *u)
 {
-    struct dm_conn *c = u->c;
+    struct dm_stream *c = u->s;
     size_t avail = evbuffer_get_length(u->in);
     switch (u->msg.body) {
     case DM_HTTP1_BODY_NONE:
@@ -563,8 +571,8 @@ static void up_move_body(struct dm_upstream_conn *u)
             c->resp_bytes += n;
         }
         if (u->body_left == 0) {
-            dm_conn_on_upstream_data(c);
-            if (u->c == c && !c->closed) {
+            dm_stream_on_upstream_data(c);
+            if (u->s == c) {
                 up_finish(u);
             }
             return;
@@ -577,8 +585,8 @@ static void up_move_body(struct dm_upstream_conn *u)
             evbuffer_add_buffer(c->out, u->in);
         }
         if (u->eof) {
-            dm_conn_on_upstream_data(c);
-            if (u->c == c && !c->closed) {
+            dm_stream_on_upstream_data(c);
+            if (u->s == c) {
                 up_finish(u);
             }
             return;
@@ -586,14 +594,18 @@ static void up_move_body(struct dm_upstream_conn *u)
         break;
     case DM_HTTP1_BODY_CHUNKED: {
         uint64_t data_bytes;
-        if (dm_chunked_move(&u->chunked, u->in, c->out, c->dechunk, &data_bytes) != 0) {
+        int rc =
+            c->trailers != NULL
+                ? dm_chunked_move_trailers(&u->chunked, u->in, c->out, c->trailers, &data_bytes)
+                : dm_chunked_move(&u->chunked, u->in, c->out, c->dechunk, &data_bytes);
+        if (rc != 0) {
             up_fail(u, 502, "bad chunked response");
             return;
         }
         c->resp_bytes += data_bytes;
         if (u->chunked.state == DM_CHUNK_DONE) {
-            dm_conn_on_upstream_data(c);
-            if (u->c == c && !c->closed) {
+            dm_stream_on_upstream_data(c);
+            if (u->s == c) {
                 up_finish(u);
             }
             return;
@@ -605,16 +617,16 @@ static void up_move_body(struct dm_upstream_conn *u)
         up_fail(u, 502, "backend closed mid-response");
         return;
     }
-    dm_conn_on_upstream_data(c);
-    if (u->c == c) {
-        up_set_timer(u, c->gen->cfg->timeouts.body_ms);
+    dm_stream_on_upstream_data(c);
+    if (u->s == c) {
+        up_set_timer(u, c->c->gen->cfg->timeouts.body_ms);
     }
 }
 
 static void up_process(struct dm_upstream_conn *u)
 {
-    while (!u->closed && u->c != NULL) {
-        struct dm_conn *c = u->c;
+    while (!u->closed && u->s != NULL) {
+        struct dm_stream *c = u->s;
         switch (u->state) {
         case UP_WAIT_HEAD: {
             size_t len = evbuffer_get_length(u->in);
@@ -626,7 +638,7 @@ static void up_process(struct dm_upstream_conn *u)
                 }
                 return;
             }
-            const struct dm_http1_limits *lim = &c->gen->resp_limits;
+            const struct dm_http1_limits *lim = &c->c->gen->resp_limits;
             size_t want = len < lim->max_header_bytes + 4 ? len : lim->max_header_bytes + 4;
             const char *data = (const char *)evbuffer_pullup(u->in, (ssize_t)want);
             ssize_t n = dm_http1_parse_response(&u->parser, &u->msg, data, want, lim, c->is_head);
@@ -641,8 +653,8 @@ static void up_process(struct dm_upstream_conn *u)
                 return;
             }
             int status = u->msg.status;
-            dm_conn_on_upstream_head(c, &u->msg, u->in, (size_t)n);
-            if (u->closed || u->c != c || c->closed) {
+            dm_stream_on_upstream_head(c, &u->msg, u->in, (size_t)n);
+            if (u->closed || u->s != c) {
                 return;
             }
             if (status >= 100 && status < 200 && status != 101) {
@@ -661,7 +673,7 @@ static void up_process(struct dm_upstream_conn *u)
             u->state = UP_BODY;
             u->body_left = u->msg.body == DM_HTTP1_BODY_LENGTH ? u->msg.content_length : 0;
             dm_http1_chunked_init(&u->chunked);
-            up_set_timer(u, c->gen->cfg->timeouts.body_ms);
+            up_set_timer(u, c->c->gen->cfg->timeouts.body_ms);
             continue;
         }
         case UP_BODY:
@@ -673,10 +685,10 @@ static void up_process(struct dm_upstream_conn *u)
         case UP_TUNNEL:
             if (evbuffer_get_length(u->in) > 0) {
                 evbuffer_add_buffer(c->out, u->in);
-                dm_conn_on_upstream_data(c);
+                dm_stream_on_upstream_data(c);
             }
-            if (u->eof && u->c == c) {
-                dm_conn_on_upstream_done(c, false);
+            if (u->eof && u->s == c) {
+                dm_stream_on_upstream_done(c, false);
             }
             return;
         default:
@@ -699,9 +711,10 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
      * it every time), and a short read means the socket is empty, which
      * saves the recv that would only find EAGAIN. */
     size_t total = 0;
+    size_t want = u->big_reads ? UP_READ_CHUNK : UP_SMALL_CHUNK;
     while (total < UP_READ_BUDGET) {
         struct evbuffer_iovec vec;
-        if (evbuffer_reserve_space(u->in, UP_READ_CHUNK, &vec, 1) < 1) {
+        if (evbuffer_reserve_space(u->in, (ev_ssize_t)want, &vec, 1) < 1) {
             u->eof = true;
             break;
         }
@@ -711,9 +724,10 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
             evbuffer_commit_space(u->in, &vec, 1);
             total += (size_t)n;
             u->got_bytes = true;
-            if ((size_t)n < UP_READ_CHUNK) {
+            if ((size_t)n < want) {
                 break;
             }
+            want = UP_READ_CHUNK; /* streaming: read in big pieces */
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -723,6 +737,7 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
         event_del(&u->rev);
         break;
     }
+    u->big_reads = total >= UP_SMALL_CHUNK;
     up_process(u);
 out:
     up_release(u);
@@ -746,8 +761,8 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg)
         up_arm_wait(u);
     }
     up_flush(u);
-    if (!u->closed && u->c != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
-        dm_conn_on_upstream_writable(u->c);
+    if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
+        dm_stream_on_upstream_writable(u->s);
     }
 out:
     up_release(u);

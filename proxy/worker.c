@@ -4,6 +4,7 @@
  * worker only through its eventfd (stop, new generation). */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -454,8 +455,9 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
         struct dm_conn *c = w->conns;
         while (c != NULL) {
             struct dm_conn *next = c->next;
-            if (is_handover && (c->state == DM_CONN_HANDSHAKE ||
-                                (c->state == DM_CONN_IDLE && c->req_start_us == 0))) {
+            if (is_handover &&
+                (c->state == DM_CONN_HANDSHAKE ||
+                 (c->state == DM_CONN_IDLE && c->h2 == NULL && c->r.req_start_us == 0))) {
                 /* Accepted just before the handover, no request yet: the
                  * client has nothing it could retry, so serve its first
                  * request (with Connection: close) instead of cutting it. */
@@ -566,8 +568,16 @@ static void worker_send(struct dm_worker *w, int msg)
     (void)r;
 }
 
+/* DM_MALLOC_TRIM_BYTES: free heap a worker's malloc arena keeps instead of
+ * returning it to the kernel. Requests come in waves (hundreds of HTTP/2
+ * streams start and finish together); with glibc's default (128 KiB) each
+ * wave shrank the heap and the next one grew it again, page faults included,
+ * which cost more CPU than the proxying (tests/bench/bench_h2.sh). */
+#define DM_MALLOC_TRIM_BYTES (16 * 1024 * 1024)
+
 int dm_workers_start(struct cfg *cfg, struct dm_err *err)
 {
+    mallopt(M_TRIM_THRESHOLD, DM_MALLOC_TRIM_BYTES);
     /* Probe each port without SO_REUSEPORT first: another process holding it
      * with SO_REUSEPORT would otherwise silently share our port. */
     inherit_parse();

@@ -11,7 +11,7 @@ android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
 curl openssl python3 ca-certificates nghttp2-client pebble publicsuffix
 python3-cryptography"
 if [ "${1:-}" = "--bench" ]; then
-    PKGS="$PKGS nginx-light wrk"
+    PKGS="$PKGS nginx-light wrk haproxy caddy"
 fi
 
 missing=""

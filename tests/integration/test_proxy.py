@@ -101,7 +101,7 @@ class ProxyTest(dmtest.DmTestCase):
         data = os.urandom(32 * MiB)
         with open(path, "wb") as out:
             out.write(data)
-        r = self.d.curl("p.test", "/sum", "-v", "--data-binary", f"@{path}",
+        r = self.d.curl("p.test", "/sum", "-v", "--http1.1", "--data-binary", f"@{path}",
                         "-H", "Content-Type: application/octet-stream")
         j = json.loads(r.stdout)
         self.assertEqual(j["length"], len(data))

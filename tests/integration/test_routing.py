@@ -37,7 +37,7 @@ class RoutingTest(dmtest.DmTestCase):
             with self.subTest(host=host):
                 r = self.d.curl(host, "/hello", "-D", "-")
                 out = dmtest.text(r.stdout)
-                self.assertRegex(out, r"^HTTP/1\.1 200")
+                self.assertRegex(out, r"^HTTP/(1\.1|2) 200")
                 self.assertIn(f"hello from {name}\n", out)
                 self.assertRegex(out, rf"(?im)^x-backend: {name}\r?$")
 

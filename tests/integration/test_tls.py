@@ -61,10 +61,13 @@ class TlsTest(dmtest.DmTestCase):
                 self.assertIn("Reused,", out, out[-2000:])
                 self.assertIn("hello from a", out)
 
-    def test_alpn_http11_and_no_alpn(self):
-        r = self.s_client("-servername", "a.test", "-alpn", "h2,http/1.1")
+    def test_alpn_h2_http11_and_no_alpn(self):
+        # Our preference decides: h2 over http/1.1, whatever the client's order.
+        r = self.s_client("-servername", "a.test", "-alpn", "http/1.1,h2")
+        self.assertIn("ALPN protocol: h2", dmtest.text(r.stdout))
+        r = self.s_client("-servername", "a.test", "-alpn", "http/1.1")
         self.assertIn("ALPN protocol: http/1.1", dmtest.text(r.stdout))
-        r = self.s_client("-servername", "a.test", "-alpn", "h2")
+        r = self.s_client("-servername", "a.test", "-alpn", "spdy/3")
         self.assertIn("No ALPN negotiated", dmtest.text(r.stdout))
 
     def test_acme_tls_alpn_without_challenge_fails(self):

@@ -1636,6 +1636,37 @@ TEST(test_admin_and_ip_limits)
                     "limits.per_ip_rate: must be 0..1000000, got -1");
 }
 
+TEST(test_http2)
+{
+    struct cfg *c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:8080\"}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK(c->http2.enabled);
+        CHECK_EQ_INT(c->http2.max_concurrent_streams, 100);
+        CHECK_EQ_INT(c->http2.max_resets, 200);
+        cfg_unref(c);
+    }
+    c = load("{\"http2\": {\"enabled\": false, \"max_concurrent_streams\": 7, "
+             "\"max_resets\": 9}, \"sites\": [{\"hosts\": [\"a.test\"], "
+             "\"to\": \"127.0.0.1:8080\"}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK(!c->http2.enabled);
+        CHECK_EQ_INT(c->http2.max_concurrent_streams, 7);
+        CHECK_EQ_INT(c->http2.max_resets, 9);
+        cfg_unref(c);
+    }
+    EXPECT_BAD_ROOT("\"http2\": true", "http2: expected an object, got boolean");
+    EXPECT_BAD_ROOT("\"http2\": {\"enabled\": 1}",
+                    "http2.enabled: expected a boolean (true or false), got integer");
+    EXPECT_BAD_ROOT("\"http2\": {\"max_concurrent_streams\": 0}",
+                    "http2.max_concurrent_streams: must be 1..10000, got 0");
+    EXPECT_BAD_ROOT("\"http2\": {\"max_resets\": 0}",
+                    "http2.max_resets: must be 1..1000000, got 0");
+    EXPECT_BAD_ROOT("\"http2\": {\"max_reset\": 5}",
+                    "http2.max_reset: unknown key (did you mean \"max_resets\"?)");
+}
+
 HARNESS_MAIN(T(test_setup), T(test_admin_and_ip_limits), T(test_minimal_defaults),
              T(test_acme_sites), T(test_quick_default_issuer), T(test_full_config),
              T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
@@ -1643,4 +1674,4 @@ HARNESS_MAIN(T(test_setup), T(test_admin_and_ip_limits), T(test_minimal_defaults
              T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
              T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
              T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
-             T(test_quote_limits), T(test_examples), T(test_teardown))
+             T(test_quote_limits), T(test_examples), T(test_http2), T(test_teardown))
