@@ -188,7 +188,7 @@ enum od_step {
 
 struct od_job {
     struct od_job *prev, *next; /* od->jobs: every live job */
-    struct od_job *qnext;       /* od->wait_head (JOB_QUEUED) or od->ask_head (JOB_ASK_WAIT) */
+    struct od_job *qnext;       /* in od->waiting (JOB_QUEUED) or od->ask_waiting (JOB_ASK_WAIT) */
     struct acme_ondemand *od;
     char name[OD_NAME_CAP];
     char domain[OD_NAME_CAP];
@@ -203,6 +203,12 @@ struct od_job {
     struct dm_httpc_call *ask; /* JOB_ASK */
     struct event *ev;          /* deferred steps */
     uint64_t start_us;
+};
+
+/* A line of jobs waiting their turn, linked through qnext. */
+struct od_fifo {
+    struct od_job *head, *tail;
+    size_t len;
 };
 
 struct od_domain {
@@ -233,12 +239,10 @@ struct acme_ondemand {
     void (*wake_fn)(void *arg);
     void *wake_arg;
     /* control thread only: */
-    struct od_map jobs;      /* name -> struct od_job * */
-    struct od_job *job_list; /* every job */
-    struct od_job *wait_head, *wait_tail;
-    size_t num_waiting;
-    struct od_job *ask_head, *ask_tail; /* JOB_ASK_WAIT in order */
-    size_t num_ask_waiting;
+    struct od_map jobs;         /* name -> struct od_job * */
+    struct od_job *job_list;    /* every job */
+    struct od_fifo waiting;     /* JOB_QUEUED: permitted, waiting for an order slot */
+    struct od_fifo ask_waiting; /* JOB_ASK_WAIT: waiting for a permission-check slot */
     size_t num_members;
     uint32_t in_flight;  /* orders running */
     uint32_t asks;       /* permission checks running */
@@ -415,6 +419,29 @@ void acme_ondemand_note_wait(struct acme_ondemand *od, uint32_t ms, bool got)
 
 /* ---- jobs ---- */
 
+static void fifo_push(struct od_fifo *q, struct od_job *j)
+{
+    j->qnext = NULL;
+    if (q->tail != NULL) {
+        q->tail->qnext = j;
+    } else {
+        q->head = j;
+    }
+    q->tail = j;
+    q->len++;
+}
+
+static struct od_job *fifo_pop(struct od_fifo *q)
+{
+    struct od_job *j = q->head;
+    q->head = j->qnext;
+    if (q->head == NULL) {
+        q->tail = NULL;
+    }
+    q->len--;
+    return j;
+}
+
 static void job_on_event(evutil_socket_t fd, short what, void *arg);
 static void od_pump(struct acme_ondemand *od);
 
@@ -568,33 +595,20 @@ static void job_ask(struct od_job *j)
         job_ask_send(j);
         return;
     }
-    if (od->num_ask_waiting >= OD_WAIT_QUEUE_MAX) {
+    if (od->ask_waiting.len >= OD_WAIT_QUEUE_MAX) {
         od_refuse(od, j->name, "too many permission checks waiting", OD_ASK_BUSY_S, false);
         job_kill(j);
         return;
     }
     j->stage = JOB_ASK_WAIT;
-    j->qnext = NULL;
-    if (od->ask_tail != NULL) {
-        od->ask_tail->qnext = j;
-    } else {
-        od->ask_head = j;
-    }
-    od->ask_tail = j;
-    od->num_ask_waiting++;
+    fifo_push(&od->ask_waiting, j);
 }
 
 /* od_ask_next starts queued permission checks while slots are free. */
 static void od_ask_next(struct acme_ondemand *od)
 {
-    while (od->ask_head != NULL && od->asks < OD_ASK_MAX) {
-        struct od_job *j = od->ask_head;
-        od->ask_head = j->qnext;
-        if (od->ask_head == NULL) {
-            od->ask_tail = NULL;
-        }
-        od->num_ask_waiting--;
-        job_ask_send(j);
+    while (od->ask_waiting.head != NULL && od->asks < OD_ASK_MAX) {
+        job_ask_send(fifo_pop(&od->ask_waiting));
     }
 }
 
@@ -666,20 +680,13 @@ static void job_permitted(struct od_job *j)
         job_kill(j);
         return;
     }
-    if (od->num_waiting >= OD_WAIT_QUEUE_MAX) {
+    if (od->waiting.len >= OD_WAIT_QUEUE_MAX) {
         od_refuse(od, j->name, "too many names waiting for an order", OD_ASK_BUSY_S, false);
         job_kill(j);
         return;
     }
     j->stage = JOB_QUEUED;
-    j->qnext = NULL;
-    if (od->wait_tail != NULL) {
-        od->wait_tail->qnext = j;
-    } else {
-        od->wait_head = j;
-    }
-    od->wait_tail = j;
-    od->num_waiting++;
+    fifo_push(&od->waiting, j);
     od_pump(od);
 }
 
@@ -710,8 +717,8 @@ static void od_count_domain(struct acme_ondemand *od, const char *domain, time_t
 static void od_pump(struct acme_ondemand *od)
 {
     time_t now = dm_time_now();
-    while (od->wait_head != NULL) {
-        struct od_job *j = od->wait_head;
+    while (od->waiting.head != NULL) {
+        struct od_job *j = od->waiting.head;
         const struct cfg_ondemand *d = j->site->on_demand;
         if (od->in_flight >= d->max_in_flight) {
             return; /* an order ending pumps again */
@@ -726,11 +733,7 @@ static void od_pump(struct acme_ondemand *od)
             evtimer_add(od->pump_ev, &tv);
             return;
         }
-        od->wait_head = j->qnext;
-        if (od->wait_head == NULL) {
-            od->wait_tail = NULL;
-        }
-        od->num_waiting--;
+        fifo_pop(&od->waiting);
         od->minute[(od->minute_head + od->minute_len) % 1024] = now;
         od->minute_len++;
         od_count_domain(od, j->domain, now);

@@ -386,7 +386,13 @@ class OnDemandTest(dmtest.DmTestCase):
               file=sys.stderr)
         self.assertEqual({n: ask.count(n) for n in asked}, {n: 1 for n in asked})
         self.assertEqual(self.orders(d), {known: 1}, "the flood placed orders")
-        self.assertLess(rss1 - rss0, 20 * 1024, "RSS grew by 20 MiB or more during the flood")
+        # The memory bound is the uninstrumented build's to prove (here: +156 KiB). Under
+        # AddressSanitizer (tests/run.sh sets ASAN_OPTIONS for that pass) freed memory sits in
+        # ASan's quarantine (256 MiB by default) and RSS grows with every handshake; that pass
+        # checks for leaks at exit instead, and only a gross growth here.
+        limit_mib = 128 if "ASAN_OPTIONS" in os.environ else 20
+        self.assertLess(rss1 - rss0, limit_mib * 1024,
+                        f"RSS grew by {limit_mib} MiB or more during the flood")
         bad = [x for x in normal if not x.ok]
         self.assertGreater(len(normal), 3, "too few normal requests ran during the flood")
         self.assertEqual(bad, [], "normal requests failed during the flood")
