@@ -223,6 +223,18 @@ void acme_ondemand_set_wake(struct acme_ondemand *od, void (*fn)(void *arg), voi
 enum acme_od_answer acme_ondemand_request(struct acme_ondemand *od, const struct cfg_site *site,
                                           const char *name, const char **why);
 
+/* What the on-demand service did since start (its log summary's figures). */
+struct acme_ondemand_stats {
+    uint64_t started, succeeded, failed; /* orders */
+    uint64_t refused;                    /* names refused by the policy or a limit */
+    uint64_t loaded;                     /* certificates loaded lazily from storage */
+    uint64_t waited, waited_got;         /* handshakes that waited; of them, served */
+    size_t cached;                       /* certificates held now */
+};
+
+/* acme_ondemand_stats fills out. Control thread. */
+void acme_ondemand_stats(struct acme_ondemand *od, struct acme_ondemand_stats *out);
+
 /* acme_ondemand_note_wait records a handshake that waited ms for an on-demand
  * certificate (got: it was served one) for the periodic summary. Any thread. */
 void acme_ondemand_note_wait(struct acme_ondemand *od, uint32_t ms, bool got);

@@ -952,6 +952,20 @@ static void od_on_queue(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+void acme_ondemand_stats(struct acme_ondemand *od, struct acme_ondemand_stats *out)
+{
+    pthread_mutex_lock(&od->lock);
+    out->started = od->stats.started;
+    out->succeeded = od->stats.succeeded;
+    out->failed = od->stats.failed;
+    out->refused = od->stats.refused;
+    out->loaded = od->stats.loaded;
+    out->waited = od->stats.waited;
+    out->waited_got = od->stats.waited_got;
+    pthread_mutex_unlock(&od->lock);
+    out->cached = od->num_members;
+}
+
 static int u32_cmp(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;

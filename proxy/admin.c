@@ -264,6 +264,45 @@ static void metrics_on_cert(const char *name, time_t not_after, void *arg)
     }
 }
 
+/* admin_write_ondemand appends the on-demand service's counters (the same
+ * figures as its log summary); nothing without the service. */
+static int admin_write_ondemand(struct evbuffer *b, struct acme_ondemand *od)
+{
+    if (od == NULL) {
+        return 0;
+    }
+    struct acme_ondemand_stats st;
+    acme_ondemand_stats(od, &st);
+    const struct {
+        const char *name, *type, *help;
+        double value;
+    } rows[] = {
+        {"doorman_ondemand_orders_started_total", "counter",
+         "On-demand certificate orders started.", (double)st.started},
+        {"doorman_ondemand_orders_succeeded_total", "counter",
+         "On-demand certificate orders that produced a certificate.", (double)st.succeeded},
+        {"doorman_ondemand_orders_failed_total", "counter",
+         "On-demand certificate orders that failed (the name is negatively cached).",
+         (double)st.failed},
+        {"doorman_ondemand_refused_total", "counter",
+         "Names refused by the on-demand policy or a limit.", (double)st.refused},
+        {"doorman_ondemand_loaded_total", "counter",
+         "On-demand certificates loaded lazily from storage.", (double)st.loaded},
+        {"doorman_ondemand_handshakes_waited_total", "counter",
+         "Handshakes that waited for an on-demand certificate.", (double)st.waited},
+        {"doorman_ondemand_handshakes_served_total", "counter",
+         "Handshakes that waited and got their certificate.", (double)st.waited_got},
+        {"doorman_ondemand_certificates", "gauge", "On-demand certificates held in memory.",
+         (double)st.cached},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        rc |= dm_metrics_write_header(b, rows[i].name, rows[i].type, rows[i].help);
+        rc |= dm_metrics_write_sample(b, rows[i].name, NULL, 0, rows[i].value);
+    }
+    return rc;
+}
+
 static void admin_get_metrics(struct admin_conn *c)
 {
     struct evbuffer *b = evbuffer_new();
@@ -286,6 +325,7 @@ static void admin_get_metrics(struct admin_conn *c)
                                   "ACME orders that failed or could not start.");
     rc |=
         dm_metrics_write_sample(b, "doorman_acme_orders_failed_total", NULL, 0, (double)st.failed);
+    rc |= admin_write_ondemand(b, acme_manager_ondemand(c->a->hooks.mgr));
     rc |= dm_metrics_write_header(b, "doorman_certificate_not_after_seconds", "gauge",
                                   "Expiry (Unix time) of the certificate serving each name.");
     acme_manager_foreach_cert(c->a->hooks.mgr, metrics_on_cert, b);

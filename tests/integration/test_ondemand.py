@@ -113,6 +113,20 @@ class OnDemandTest(dmtest.DmTestCase):
         self.assertEqual(self.orders(d, name), 1)
         self.assertEqual(ask.count(name), 1, "ask must be called once (then cached)")
         self.assertEqual(ask.bad_requests, [])
+        # The admin API's /metrics carries the same counters as the log summary.
+        sock = os.path.join(d.data_dir, "admin.sock")
+        r = dmtest.run([curl, "-sS", "--unix-socket", sock, "http://localhost/metrics"],
+                       timeout=10)
+        self.assertEqual(r.returncode, 0, dmtest.text(r.stderr))
+        metrics = {}
+        for line in dmtest.text(r.stdout).splitlines():
+            if line.startswith("doorman_ondemand_"):
+                key, value = line.rsplit(" ", 1)
+                metrics[key] = float(value)
+        self.assertEqual(metrics.get("doorman_ondemand_orders_started_total"), 1, metrics)
+        self.assertEqual(metrics.get("doorman_ondemand_orders_succeeded_total"), 1, metrics)
+        self.assertEqual(metrics.get("doorman_ondemand_certificates"), 1, metrics)
+        self.assertGreaterEqual(metrics.get("doorman_ondemand_handshakes_served_total", 0), 1)
         self.assert_alive(d)
 
     def test_cache_capacity_evicts_least_recently_used_and_reloads(self):
