@@ -34,6 +34,7 @@
 #include "proxy/core/err.h"
 #include "proxy/core/httpc.h"
 #include "proxy/core/log.h"
+#include "proxy/core/str.h"
 #include "proxy/core/time.h"
 
 /* Names tracked at once (pending plus recently refused): a flood of
@@ -68,16 +69,6 @@ struct od_map {
     size_t count;
 };
 
-static uint64_t od_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static int map_init(struct od_map *m, size_t cap)
 {
     m->buckets = calloc(cap, sizeof(*m->buckets));
@@ -88,7 +79,8 @@ static int map_init(struct od_map *m, size_t cap)
 
 static struct od_node *map_find(const struct od_map *m, const char *key)
 {
-    for (struct od_node *n = m->buckets[od_hash(key) & m->mask]; n != NULL; n = n->next) {
+    for (struct od_node *n = m->buckets[dm_str_hash(key, strlen(key)) & m->mask]; n != NULL;
+         n = n->next) {
         if (strcmp(n->key, key) == 0) {
             return n;
         }
@@ -105,7 +97,7 @@ static struct od_node *map_add(struct od_map *m, const char *key, void *value)
     }
     memcpy(n->key, key, len + 1);
     n->value = value;
-    size_t b = od_hash(key) & m->mask;
+    size_t b = dm_str_hash(key, strlen(key)) & m->mask;
     n->next = m->buckets[b];
     m->buckets[b] = n;
     m->count++;
@@ -115,7 +107,7 @@ static struct od_node *map_add(struct od_map *m, const char *key, void *value)
 /* map_remove unlinks and frees key's node; returns its value or NULL. */
 static void *map_remove(struct od_map *m, const char *key)
 {
-    for (struct od_node **pp = &m->buckets[od_hash(key) & m->mask]; *pp != NULL;
+    for (struct od_node **pp = &m->buckets[dm_str_hash(key, strlen(key)) & m->mask]; *pp != NULL;
          pp = &(*pp)->next) {
         if (strcmp((*pp)->key, key) == 0) {
             struct od_node *n = *pp;

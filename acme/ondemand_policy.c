@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config/config_types.h"
+#include "proxy/core/str.h"
 
 #define PSL_DEFAULT_PATH "/usr/share/publicsuffix/public_suffix_list.dat"
 #define NAME_MAX_LEN     253
@@ -135,16 +136,6 @@ struct acme_psl {
     struct psl_set rules, wild, except;
 };
 
-static uint64_t psl_hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static int set_grow(struct psl_set *s)
 {
     size_t cap = s->slots == NULL ? 1024 : (s->mask + 1) * 2;
@@ -154,7 +145,7 @@ static int set_grow(struct psl_set *s)
     }
     for (size_t i = 0; s->slots != NULL && i <= s->mask; i++) {
         if (s->slots[i] != NULL) {
-            size_t j = psl_hash(s->slots[i], strlen(s->slots[i])) & (cap - 1);
+            size_t j = dm_str_hash(s->slots[i], strlen(s->slots[i])) & (cap - 1);
             while (slots[j] != NULL) {
                 j = (j + 1) & (cap - 1);
             }
@@ -172,7 +163,7 @@ static bool set_has(const struct psl_set *s, const char *k, size_t n)
     if (s->slots == NULL) {
         return false;
     }
-    for (size_t i = psl_hash(k, n) & s->mask; s->slots[i] != NULL; i = (i + 1) & s->mask) {
+    for (size_t i = dm_str_hash(k, n) & s->mask; s->slots[i] != NULL; i = (i + 1) & s->mask) {
         if (strlen(s->slots[i]) == n && memcmp(s->slots[i], k, n) == 0) {
             return true;
         }
@@ -193,7 +184,7 @@ static int set_add(struct psl_set *s, const char *k)
     if (dup == NULL) {
         return -1;
     }
-    size_t i = psl_hash(k, n) & s->mask;
+    size_t i = dm_str_hash(k, n) & s->mask;
     while (s->slots[i] != NULL) {
         i = (i + 1) & s->mask;
     }

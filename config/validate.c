@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "proxy/core/log.h"
+#include "proxy/core/str.h"
 
 #define DEFAULT_HTTPS_PORT       443
 #define DEFAULT_HTTP_PORT        80
@@ -1177,6 +1178,20 @@ static void read_tls_file(struct check *k, json_t *obj, const char *key, char **
 }
 
 /* read_url checks an http(s) URL: the ACME directory. */
+/* check_http_url reports u unless it is an absolute http(s) URL without
+ * spaces, quotes or a fragment, at most 2 KiB; 0 if it is one. */
+static int check_http_url(struct check *k, const char *u)
+{
+    if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+        strpbrk(u, " \t\r\n\"#") != NULL || strlen(u) > 2048) {
+        char quoted[CFG_QUOTE_MAX * 6 + 8];
+        quote(quoted, sizeof(quoted), u);
+        problem(k, "%s is not an http(s) URL", quoted);
+        return -1;
+    }
+    return 0;
+}
+
 static void read_url(struct check *k, json_t *obj, const char *key, char **out)
 {
     json_t *v = json_object_get(obj, key);
@@ -1185,15 +1200,8 @@ static void read_url(struct check *k, json_t *obj, const char *key, char **out)
     if (v == NULL) {
         problem(k, "required key is missing (the CA's directory URL, e.g. "
                    "\"https://acme-v02.api.letsencrypt.org/directory\")");
-    } else if ((u = read_string(k, v)) != NULL) {
-        char quoted[CFG_QUOTE_MAX * 6 + 8];
-        quote(quoted, sizeof(quoted), u);
-        if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
-            strpbrk(u, " \t\r\n\"") != NULL || strlen(u) > 2048) {
-            problem(k, "%s is not an http(s) URL", quoted);
-        } else {
-            *out = check_strdup(k, u);
-        }
+    } else if ((u = read_string(k, v)) != NULL && check_http_url(k, u) == 0) {
+        *out = check_strdup(k, u);
     }
     path_pop(k, mark);
 }
@@ -1498,15 +1506,8 @@ static void read_on_demand(struct check *k, json_t *tls, struct cfg_site *s)
     if (ask != NULL) {
         size_t m = path_push_key(k, "ask");
         const char *u = read_string(k, ask);
-        if (u != NULL) {
-            char quoted[CFG_QUOTE_MAX * 6 + 8];
-            quote(quoted, sizeof(quoted), u);
-            if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
-                strpbrk(u, " \t\r\n\"#") != NULL || strlen(u) > 2048) {
-                problem(k, "%s is not an http(s) URL", quoted);
-            } else {
-                d->ask = check_strdup(k, u);
-            }
+        if (u != NULL && check_http_url(k, u) == 0) {
+            d->ask = check_strdup(k, u);
         }
         path_pop(k, m);
     }
@@ -1655,11 +1656,7 @@ static void check_duplicate_hosts(struct check *k, const struct cfg *c)
             if (name == NULL) {
                 continue;
             }
-            uint64_t h = 1469598103934665603ull; /* FNV-1a */
-            for (const char *p = name; *p != '\0'; p++) {
-                h = (h ^ (unsigned char)*p) * 1099511628211ull;
-            }
-            size_t slot = (size_t)h & (cap - 1);
+            size_t slot = (size_t)dm_str_hash(name, strlen(name)) & (cap - 1);
             while (seen[slot].name != NULL && strcmp(seen[slot].name, name) != 0) {
                 slot = (slot + 1) & (cap - 1);
             }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/core/str.h"
 #include "proxy/proxy_int.h"
 
 struct route_slot {
@@ -20,20 +21,10 @@ struct dm_route {
     const struct cfg_site *catch_all; /* on-demand site without hosts, or NULL */
 };
 
-static uint64_t route_hash(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static void route_insert(struct route_slot *tab, size_t mask, const char *name, size_t len,
                          const struct cfg_site *site)
 {
-    size_t i = route_hash(name, len) & mask;
+    size_t i = dm_str_hash(name, len) & mask;
     while (tab[i].name != NULL) {
         if (tab[i].len == len && memcmp(tab[i].name, name, len) == 0) {
             return; /* first site wins; validation rejects duplicates anyway */
@@ -48,7 +39,7 @@ static void route_insert(struct route_slot *tab, size_t mask, const char *name, 
 static const struct cfg_site *route_lookup(const struct route_slot *tab, size_t mask,
                                            const char *name, size_t len)
 {
-    size_t i = route_hash(name, len) & mask;
+    size_t i = dm_str_hash(name, len) & mask;
     while (tab[i].name != NULL) {
         if (tab[i].len == len && memcmp(tab[i].name, name, len) == 0) {
             return tab[i].site;

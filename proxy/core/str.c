@@ -70,3 +70,13 @@ size_t dm_str_json_escape(char *out, size_t cap, const char *s)
     out[n] = '\0';
     return n;
 }
+
+uint64_t dm_str_hash(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}

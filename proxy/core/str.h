@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* dm_str_ieq compares two byte strings ASCII-case-insensitively. */
 bool dm_str_ieq(const char *a, size_t a_len, const char *b, size_t b_len);
@@ -23,5 +24,9 @@ char *dm_strdup_n(const char *s, size_t len);
  * backslashes and control characters escaped), cut to fit cap; returns the
  * length written. For log lines. */
 size_t dm_str_json_escape(char *out, size_t cap, const char *s);
+
+/* dm_str_hash is FNV-1a over s[0..len): the hash of the project's small
+ * string tables (routing, the on-demand tables, the Public Suffix List). */
+uint64_t dm_str_hash(const char *s, size_t len);
 
 #endif
