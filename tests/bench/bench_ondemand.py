@@ -33,9 +33,14 @@ import urllib.parse
 import urllib.request
 
 
-def env_int(name, default):
-    v = os.environ.get(name, "")
-    return int(v) if v.strip() else default
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_h1 as b1  # noqa: E402  (process handling shared with bench_h1/bench_h2)
+
+env_int = b1.env_int
+log = b1.log
+stop = b1.stop
+cleanup = b1.cleanup  # stops what spawn started and removes b1.WORK
+on_signal = b1.on_signal
 
 
 ROUNDS = env_int("BENCH_ROUNDS", 2)
@@ -46,8 +51,6 @@ MAX_IN_FLIGHT = env_int("BENCH_MAX_IN_FLIGHT", 0)  # 0: doorman's default (20)
 PORT_BASE = env_int("BENCH_PORT_BASE", 28600)
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-NICE = env_int("BENCH_NICE", 0)
-KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 JSON_OUT = os.environ.get("BENCH_JSON", "")
 DOORMAN_LOG = os.environ.get("BENCH_DOORMAN_LOG", "info")  # "debug" shows each refusal
 ONLY = [p for p in os.environ.get("BENCH_PROXIES", "doorman,caddy").split(",") if p]
@@ -63,62 +66,15 @@ DOMAIN = "bench.test"  # every name is <label>.bench.test; ask permits exactly t
 TARGET_RATIO = 0.1  # doorman/Caddy first-response median, from the issue
 
 WORK = None
-CHILDREN = []
-
-
-def log(msg):
-    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
 
 
 # Processes -------------------------------------------------------------------
 
 
 def spawn(argv, cpu=None, **kw):
-    if cpu is not None:
-        argv = ["taskset", "-c", cpu] + argv
-    if NICE:
-        argv = ["nice", "-n", str(NICE)] + argv
-    p = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def stop(p, wait=10.0):
-    if p is None:
-        return
-    if p.poll() is None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        p.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        pass
-    if p in CHILDREN:
-        CHILDREN.remove(p)
-
-
-def cleanup():
-    for p in list(CHILDREN):
-        stop(p, wait=3.0)
-    if WORK and os.path.isdir(WORK):
-        if KEEP:
-            log("kept work dir %s" % WORK)
-        else:
-            shutil.rmtree(WORK, ignore_errors=True)
-
-
-def on_signal(signum, frame):
-    raise SystemExit(128 + signum)
+    """bench_h1's spawn (own process group, pinned, niced), stdin closed."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return b1.spawn(argv, cpu, **kw)
 
 
 def port_accepts(port):
@@ -506,7 +462,7 @@ def main():
         os.sched_setaffinity(0, {int(LOAD_CPU)})  # client, backend and ask beside Pebble
     except (OSError, ValueError):
         pass
-    WORK = tempfile.mkdtemp(prefix="bench-ondemand-")
+    WORK = b1.WORK = tempfile.mkdtemp(prefix="bench-ondemand-")
     log("work dir %s; rounds %d, %d sequential names and a burst of %d per proxy and round"
         % (WORK, ROUNDS, NAMES, BURST))
     backend = serve(BackendHandler)
