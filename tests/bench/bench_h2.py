@@ -29,6 +29,11 @@ CONNS = b1.env_int("BENCH_H2_CONNS", 50)
 STREAMS = b1.env_int("BENCH_H2_STREAMS", 10)
 ROUNDS = b1.env_int("BENCH_ROUNDS", 3)
 PORT_BASE = b1.env_int("BENCH_PORT_BASE", 28500)
+# p99 latency at a fixed request rate: RATE_CONNS connections sending RATE/RATE_CONNS
+# requests/s each (h2load --rps), per-request latency from h2load's --log-file.
+RATE = b1.env_int("BENCH_H2_RATE", 2000)
+RATE_CONNS = b1.env_int("BENCH_H2_RATE_CONNS", 50)
+RATE_SECONDS = b1.env_int("BENCH_H2_RATE_SECONDS", 10)
 ONLY = [p for p in os.environ.get("BENCH_PROXIES", "doorman,nginx,haproxy,caddy").split(",")
         if p]
 PORTS = {"doorman": PORT_BASE + 43, "nginx": PORT_BASE + 44, "haproxy": PORT_BASE + 45,
@@ -114,6 +119,45 @@ def run_h2load(port, seconds):
     return out.decode(errors="replace")
 
 
+def measure_latency(px):
+    """Latency percentiles (ms) at a fixed rate of RATE requests/s over RATE_CONNS
+    connections (one stream each at a time), from h2load's per-request log."""
+    if RATE <= 0:
+        return {}
+    log_path = os.path.join(b1.WORK, "h2load-%s.log" % px.name)
+    argv = ["h2load", "-t1", "-c%d" % RATE_CONNS, "-m1", "--rps=%g" % (RATE / RATE_CONNS),
+            "-D%d" % RATE_SECONDS, "--log-file=" + log_path, "https://localhost:%d/" % px.port]
+    p = b1.spawn(argv, cpu=b1.LOAD_CPU, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        p.communicate(timeout=RATE_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        b1.stop(p)
+    if p in b1.CHILDREN:
+        b1.CHILDREN.remove(p)
+    lat, failed = [], 0
+    try:
+        with open(log_path) as f:
+            for line in f:
+                cols = line.split("\t")
+                if len(cols) < 3:
+                    continue
+                if not cols[1].startswith("2"):
+                    failed += 1
+                    continue
+                lat.append(int(cols[2]) / 1000.0)
+    except OSError:
+        pass
+    if not lat:
+        return {"lat_failed": failed}
+    lat.sort()
+
+    def pct(q):
+        return lat[min(len(lat) - 1, int(q * len(lat)))]
+
+    return {"p50": pct(0.50), "p99": pct(0.99), "lat_n": len(lat), "lat_failed": failed,
+            "lat_rps": len(lat) / RATE_SECONDS}
+
+
 def parse_h2load(out):
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                   r"(\d+) failed, (\d+) errored", out)
@@ -121,6 +165,10 @@ def parse_h2load(out):
     return {"done": int(m.group(3)) if m else 0, "ok": int(m.group(4)) if m else 0,
             "failed": int(m.group(5)) + int(m.group(6)) if m else 0,
             "proto": proto.group(1) if proto else "?"}
+
+
+def fmt_ms(v):
+    return "-" if v is None else "%.2f" % v
 
 
 def measure(px):
@@ -140,6 +188,7 @@ def measure(px):
               "value": cpu / r["ok"] * 1e6 if r["ok"] and ok else None, "crashed": not ok})
     if r["failed"] or not r["ok"] or r["proto"] != "h2":
         r["h2load"] = out[-1500:]
+    r.update(measure_latency(px))
     return r
 
 
@@ -202,9 +251,12 @@ def main():
         rnd = {}
         for n in order:
             rnd[n] = res = measure(proxies[n])
-            b1.log("  %-8s %s us/req, %s req/s, %d failed, %s" % (
-                n, b1.fmt(res["value"]), b1.fmt(res["rps"]), res.get("failed", 0),
-                res.get("proto")))
+            b1.log("  %-8s %s us/req, %s req/s, %d failed, %s; at %d req/s: p50 %s ms, "
+                   "p99 %s ms (%s done, %d failed)" % (
+                       n, b1.fmt(res["value"]), b1.fmt(res["rps"]), res.get("failed", 0),
+                       res.get("proto"), RATE, fmt_ms(res.get("p50")),
+                       fmt_ms(res.get("p99")), res.get("lat_n", 0),
+                       res.get("lat_failed", 0)))
             if res.get("h2load"):
                 b1.log("  h2load output:\n" + res["h2load"])
         rounds.append(rnd)
@@ -233,6 +285,20 @@ def main():
             "%.3f" % statistics.median(cpu_ratio) if cpu_ratio else "-",
             "%.3f" % statistics.median(rps_ratio) if rps_ratio else "-"))
     print("(medians over rounds; ratios are medians of per-round doorman/peer ratios)")
+    if RATE > 0:
+        print()
+        print("latency at a fixed %d req/s (h2load -c%d -m1 --rps=%g, %ds): medians over rounds"
+              % (RATE, RATE_CONNS, RATE / RATE_CONNS, RATE_SECONDS))
+        print("%-9s %10s %10s %12s" % ("proxy", "p50 ms", "p99 ms", "d/x p99"))
+        for n in names:
+            p50 = [r[n]["p50"] for r in rounds if r[n].get("p50") is not None]
+            p99 = [r[n]["p99"] for r in rounds if r[n].get("p99") is not None]
+            ratio = [r["doorman"]["p99"] / r[n]["p99"] for r in rounds
+                     if r["doorman"].get("p99") and r[n].get("p99")] if "doorman" in names else []
+            print("%-9s %10s %10s %12s" % (
+                n, fmt_ms(statistics.median(p50) if p50 else None),
+                fmt_ms(statistics.median(p99) if p99 else None),
+                "%.3f" % statistics.median(ratio) if ratio else "-"))
     print("per round us/req: " + "; ".join(
         "%s %s" % (n, ",".join(b1.fmt(r[n]["value"]) for r in rounds)) for n in names))
     crashed = any(px.crashes for px in proxies.values())
