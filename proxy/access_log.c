@@ -14,7 +14,7 @@ void dm_access_log(const struct dm_stream *s)
 {
     const struct dm_conn *c = s->c;
     dm_metrics_on_request(s);
-    int fd = dm_proxy_g.access_fd;
+    int fd = atomic_load_explicit(&dm_proxy_g.access_fd, memory_order_relaxed);
     if (fd < 0) {
         return;
     }
@@ -30,7 +30,10 @@ void dm_access_log(const struct dm_stream *s)
     const char *proto = s->h2_id != 0 ? "HTTP/2.0" : s->is_http10 ? "HTTP/1.0" : "HTTP/1.1";
     char line[2048];
     int n;
-    if (dm_proxy_g.access_format == CFG_LOG_COMMON) {
+    /* The format is the connection's config's: a reload that changes it
+     * applies to connections accepted afterwards. */
+    enum cfg_log_format format = c->gen->cfg->access_log_format;
+    if (format == CFG_LOG_COMMON) {
         /* NCSA common log format: client ident authuser [date] "request
          * line" status bytes. The format has no field for the Host: use
          * text or json for that. */
@@ -45,7 +48,7 @@ void dm_access_log(const struct dm_stream *s)
                      tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, s->method[0] ? s->method : "-", s->path[0] ? s->path : "-", proto,
                      s->status, bytes);
-    } else if (dm_proxy_g.access_json) {
+    } else if (format == CFG_LOG_JSON) {
         char m[64], h[600], p[1100];
         dm_str_json_escape(m, sizeof(m), s->method);
         dm_str_json_escape(h, sizeof(h), s->host);

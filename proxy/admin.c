@@ -65,6 +65,7 @@ struct dm_admin {
     ino_t sock_ino;
     struct admin_conn *conns; /* owned list */
     int num_conns;
+    char *tcp_listen; /* owned: admin.listen the TCP listener is on, NULL if none */
 };
 
 /* Connections -------------------------------------------------------------- */
@@ -743,13 +744,56 @@ static int open_tcp(struct dm_admin *a, const struct cfg *cfg, struct dm_err *er
         listen(fd, ADMIN_BACKLOG) != 0) {
         int e = errno;
         close(fd);
-        dm_err_set_errno(err, e, "admin: cannot listen on %s", ad->listen);
+        dm_err_set_errno(err, e, "admin.listen: cannot listen on %s", ad->listen);
         return -1;
     }
     if (add_listener(a, fd, true, err) != 0) {
         close(fd);
         return -1;
     }
+    free(a->tcp_listen);
+    a->tcp_listen = strdup(ad->listen);
+    return 0;
+}
+
+static void close_listener(struct admin_listener *l)
+{
+    if (l->ev != NULL) {
+        event_free(l->ev);
+        l->ev = NULL;
+    }
+    if (l->fd >= 0) {
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+int dm_admin_apply(struct dm_admin *a, const struct cfg *next, struct dm_err *err)
+{
+    if (a == NULL) {
+        return 0;
+    }
+    const char *want = next->admin.listen;
+    const char *have = a->tcp_listen;
+    if ((want == NULL && have == NULL) || (want != NULL && have != NULL && strcmp(want, have) == 0)) {
+        return 0;
+    }
+    /* Open the new address before closing the old one: a failure keeps the
+     * running listener, and a client of the old address never finds the
+     * API gone without a replacement. Connections already accepted finish. */
+    struct admin_listener old = a->lis[1];
+    a->lis[1] = (struct admin_listener){.fd = -1};
+    if (want != NULL && open_tcp(a, next, err) != 0) {
+        a->lis[1] = old;
+        return -1;
+    }
+    close_listener(&old);
+    if (want == NULL) {
+        free(a->tcp_listen);
+        a->tcp_listen = NULL;
+    }
+    dm_log(DM_LOG_INFO, "admin", "admin API TCP listener %s%s", want ? "now on " : "closed",
+           want ? want : "");
     return 0;
 }
 
@@ -799,13 +843,9 @@ void dm_admin_free(struct dm_admin *a)
         admin_conn_close(a->conns);
     }
     for (int i = 0; i < 2; i++) {
-        if (a->lis[i].ev != NULL) {
-            event_free(a->lis[i].ev);
-        }
-        if (a->lis[i].fd >= 0) {
-            close(a->lis[i].fd);
-        }
+        close_listener(&a->lis[i]);
     }
+    free(a->tcp_listen);
     /* Remove the file only if it is still ours (not a newer process's). */
     struct stat st;
     if (a->owns_sock && stat(a->sock_path, &st) == 0 && st.st_dev == a->sock_dev &&

@@ -56,6 +56,12 @@ struct dm_admin;
 struct dm_admin *dm_admin_start(struct event_base *base, const struct cfg *cfg,
                                 const struct dm_admin_hooks *hooks, struct dm_err *err);
 
+/* dm_admin_apply moves the TCP listener to next->admin.listen (a reload):
+ * the new address is opened first, so a failure keeps the old one. The
+ * unix socket stays (it lives in data_dir); the bearer token is read from
+ * the running config on each request already. Returns 0 or -1 with err. */
+int dm_admin_apply(struct dm_admin *a, const struct cfg *next, struct dm_err *err);
+
 /* dm_admin_free closes the listeners and open admin connections and removes
  * the socket file it created. NULL does nothing. */
 void dm_admin_free(struct dm_admin *a);

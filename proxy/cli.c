@@ -82,20 +82,41 @@ static void control_on_stop(evutil_socket_t sig, short what, void *arg)
 }
 
 /* control_apply makes next (borrowed; validated) the running config: the
- * certificate manager first, then every worker for new connections. The
- * listeners, access log and admin API stay as started. Returns 0, or -1 with
+ * access log and the admin API's TCP listener, the certificate manager, then
+ * every worker for new connections. Returns 0, or -1 with
  * err and the old config still running. Shared by SIGHUP and the admin API. */
 static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
 {
     struct control *ctl = arg;
+    struct dm_err e2 = {0};
+    /* What can fail on the system's side (opening a file, binding a port)
+     * goes first, each undone if a later step fails. */
+    if (dm_access_log_apply(next, err) != 0) {
+        return -1;
+    }
+    if (dm_admin_apply(ctl->admin, next, err) != 0) {
+        dm_access_log_apply(ctl->cfg, &e2);
+        return -1;
+    }
     if (acme_manager_apply(ctl->mgr, next, err) != 0) {
+        dm_admin_apply(ctl->admin, ctl->cfg, &e2);
+        dm_access_log_apply(ctl->cfg, &e2);
         return -1;
     }
     if (dm_workers_publish(next, err) != 0) {
-        /* Workers keep the old generation; put the manager back on it too. */
-        struct dm_err e2 = {0};
+        /* Workers keep the old generation; put the rest back on it too. */
         acme_manager_apply(ctl->mgr, ctl->cfg, &e2);
+        dm_admin_apply(ctl->admin, ctl->cfg, &e2);
+        dm_access_log_apply(ctl->cfg, &e2);
         return -1;
+    }
+    if (next->workers != ctl->cfg->workers) {
+        dm_log(DM_LOG_WARN, "reload",
+               "workers: %u takes effect at the next restart or upgrade (%d running)",
+               next->workers, dm_workers_count());
+    }
+    if (next->admin.enabled != ctl->cfg->admin.enabled) {
+        dm_log(DM_LOG_WARN, "reload", "admin.enabled takes effect at the next restart");
     }
     cfg_unref(ctl->cfg);
     ctl->cfg = cfg_ref(next);

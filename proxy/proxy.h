@@ -58,6 +58,12 @@ void dm_tls_ticket_keys_rotate(void);
  * Control thread. */
 int dm_access_log_reopen(struct dm_err *err);
 
+/* dm_access_log_apply points the access log at cfg->access_log (a file,
+ * "stderr" or "off"; at start and on reload). The new destination is opened
+ * first, so a failure keeps the old one. The format is each connection's
+ * config's. Returns 0 or -1 with err. Control thread. */
+int dm_access_log_apply(const struct cfg *cfg, struct dm_err *err);
+
 /* dm_proxy_cleanup frees the TLS context and closes the access log. */
 void dm_proxy_cleanup(void);
 

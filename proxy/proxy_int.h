@@ -71,10 +71,9 @@ struct dm_proxy {
     struct acme_ondemand *ondemand; /* borrowed; NULL: no on-demand service */
     atomic_int num_conns;           /* open client connections, all workers */
     atomic_uint_fast64_t next_conn_id;
-    int access_fd; /* -1 = off; a reopen dup2()s a new file onto the same number */
-    bool access_json;
-    enum cfg_log_format access_format;
-    char *access_path; /* owned: the access log file, NULL for stderr or off */
+    atomic_int access_fd; /* access_slot while the access log is on, -1 when off */
+    int access_slot;      /* owned: the log's fixed descriptor (worker.c); control thread */
+    char *access_dest;    /* owned: log.access as applied: a path, "stderr" or "off" */
 };
 
 extern struct dm_proxy dm_proxy_g;

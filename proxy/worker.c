@@ -37,7 +37,71 @@
 /* Longest wait of the control thread for workers to take a new generation. */
 #define WORKER_PUBLISH_WAIT_MS 1000
 
-struct dm_proxy dm_proxy_g = {.access_fd = 2};
+struct dm_proxy dm_proxy_g = {.access_fd = -1, .access_slot = -1};
+
+/* The access log lives on one descriptor number for the life of the process
+ * (dm_proxy_g.access_slot): a reopen or a reload that names another file
+ * dup2()s the new file onto it, so a worker writing at that instant lands
+ * in the old or the new file, never in a closed or reused descriptor.
+ * access_fd is the slot while logging is on and -1 while it is off. */
+static int access_open(const char *dest, struct dm_err *err)
+{
+    int fd;
+    if (dest == NULL || strcmp(dest, "stderr") == 0) {
+        fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+    } else if (strcmp(dest, "off") == 0) {
+        fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    } else {
+        fd = open(dest, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    }
+    if (fd < 0) {
+        dm_err_set_errno(err, errno, "log.access: cannot open %s", dest ? dest : "stderr");
+    }
+    return fd;
+}
+
+int dm_access_log_apply(const struct cfg *cfg, struct dm_err *err)
+{
+    const char *dest = cfg->access_log != NULL ? cfg->access_log : "stderr";
+    if (dm_proxy_g.access_slot >= 0 && dm_proxy_g.access_dest != NULL &&
+        strcmp(dm_proxy_g.access_dest, dest) == 0) {
+        return 0;
+    }
+    char *copy = strdup(dest);
+    if (copy == NULL) {
+        dm_err_set(err, DM_E_NOMEM, "out of memory");
+        return -1;
+    }
+    int fd = access_open(dest, err);
+    if (fd < 0) {
+        free(copy);
+        return -1;
+    }
+    if (dm_proxy_g.access_slot < 0) {
+        dm_proxy_g.access_slot = fd;
+    } else {
+        if (dup3(fd, dm_proxy_g.access_slot, O_CLOEXEC) < 0) {
+            int e = errno;
+            close(fd);
+            free(copy);
+            dm_err_set_errno(err, e, "log.access: %s", dest);
+            return -1;
+        }
+        close(fd);
+    }
+    bool off = strcmp(dest, "off") == 0;
+    atomic_store(&dm_proxy_g.access_fd, off ? -1 : dm_proxy_g.access_slot);
+    free(dm_proxy_g.access_dest);
+    dm_proxy_g.access_dest = copy;
+    return 0;
+}
+
+/* access_path is the file to reopen on SIGUSR1, NULL for stderr and off. */
+static const char *access_path(void)
+{
+    const char *d = dm_proxy_g.access_dest;
+    return d != NULL && strcmp(d, "stderr") != 0 && strcmp(d, "off") != 0 ? d : NULL;
+}
 
 int dm_proxy_init(struct acme_store *store, const struct cfg *cfg, struct dm_err *err)
 {
@@ -46,45 +110,24 @@ int dm_proxy_init(struct acme_store *store, const struct cfg *cfg, struct dm_err
     if (dm_proxy_g.ssl_ctx == NULL) {
         return -1;
     }
-    dm_proxy_g.access_json = cfg->access_log_format == CFG_LOG_JSON;
-    dm_proxy_g.access_format = cfg->access_log_format;
-    if (cfg->access_log == NULL || strcmp(cfg->access_log, "stderr") == 0) {
-        dm_proxy_g.access_fd = 2;
-    } else if (strcmp(cfg->access_log, "off") == 0) {
-        dm_proxy_g.access_fd = -1;
-    } else {
-        int fd = open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-        if (fd < 0) {
-            dm_err_set_errno(err, errno, "access log %s", cfg->access_log);
-            return -1;
-        }
-        dm_proxy_g.access_fd = fd;
-        dm_proxy_g.access_path = strdup(cfg->access_log);
-        if (dm_proxy_g.access_path == NULL) {
-            dm_err_set(err, DM_E_NOMEM, "out of memory");
-            return -1;
-        }
-    }
-    return 0;
+    return dm_access_log_apply(cfg, err);
 }
 
 int dm_access_log_reopen(struct dm_err *err)
 {
-    if (dm_proxy_g.access_path == NULL || dm_proxy_g.access_fd < 0) {
+    const char *path = access_path();
+    if (path == NULL || dm_proxy_g.access_slot < 0) {
         return 0; /* stderr or off: nothing to reopen */
     }
-    int fd = open(dm_proxy_g.access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (fd < 0) {
-        dm_err_set_errno(err, errno, "access log %s", dm_proxy_g.access_path);
+        dm_err_set_errno(err, errno, "access log %s", path);
         return -1;
     }
-    /* dup2 swaps the file behind the number atomically: a worker writing at
-     * this moment lands in the old or the new file, never in a closed or
-     * reused descriptor. */
-    if (dup3(fd, dm_proxy_g.access_fd, O_CLOEXEC) < 0) {
+    if (dup3(fd, dm_proxy_g.access_slot, O_CLOEXEC) < 0) {
         int e = errno;
         close(fd);
-        dm_err_set_errno(err, e, "access log %s", dm_proxy_g.access_path);
+        dm_err_set_errno(err, e, "access log %s", path);
         return -1;
     }
     close(fd);
@@ -97,12 +140,13 @@ void dm_proxy_cleanup(void)
         SSL_CTX_free(dm_proxy_g.ssl_ctx);
         dm_proxy_g.ssl_ctx = NULL;
     }
-    if (dm_proxy_g.access_fd > 2) {
-        close(dm_proxy_g.access_fd);
+    atomic_store(&dm_proxy_g.access_fd, -1);
+    if (dm_proxy_g.access_slot >= 0) {
+        close(dm_proxy_g.access_slot);
     }
-    dm_proxy_g.access_fd = -1;
-    free(dm_proxy_g.access_path);
-    dm_proxy_g.access_path = NULL;
+    dm_proxy_g.access_slot = -1;
+    free(dm_proxy_g.access_dest);
+    dm_proxy_g.access_dest = NULL;
 }
 
 static struct dm_worker *workers;

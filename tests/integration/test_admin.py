@@ -362,6 +362,53 @@ class LoadTest(dmtest.DmTestCase):
         code, body = curl_unix(sock, "/config")
         self.assertEqual(json.loads(body)["https_port"], new["https_port"])
 
+    def test_reload_moves_the_access_log_and_the_admin_listener(self):
+        env = self.new_env()
+        a = env.backend("a")
+        log1, log2 = env.path("access1.log"), env.path("access2.log")
+        d, cfg, path, sock = self.start(env, [{"hosts": ["a.test"], "to": a.addr}],
+                                        log={"access": log1, "access_format": "text"})
+        self.assertEqual(d.request("a.test", "/hello?one").status, 200)
+        dmtest.wait_until(lambda: "/hello?one" in open(log1).read(), 5,
+                          what="line in the first log")
+        # Another file and format, and an admin TCP listener, all by reload.
+        token = "reload-token-0123456789abcdef"
+        admin_port = dmtest.free_port()
+        new = dict(cfg)
+        new["log"] = {"access": log2, "access_format": "json"}
+        new["admin"] = {"listen": f"127.0.0.1:{admin_port}", "token": token}
+        code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(new), method="POST")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(d.request("a.test", "/hello?two").status, 200)
+        lines = dmtest.wait_until(lambda: [l for l in open(log2).read().splitlines()
+                                           if "/hello?two" in l], 5, what="line in the second log")
+        self.assertEqual(json.loads(lines[0])["path"], "/hello?two")
+        self.assertNotIn("/hello?two", open(log1).read())
+        curl = dmtest.require_tool("curl", "curl")
+        url = f"http://127.0.0.1:{admin_port}/healthz"
+        r = dmtest.run([curl, "-sS", "-H", f"Authorization: Bearer {token}", url])
+        self.assertEqual(text(r.stdout), "ok\n")
+        # A log file that cannot be opened refuses the reload; the old file stays.
+        bad = dict(new)
+        bad["log"] = {"access": "/nonexistent-dir/access.log"}
+        code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(bad), method="POST")
+        self.assertEqual(code, 400, body)
+        self.assertIn("log.access: cannot open /nonexistent-dir/access.log",
+                      json.loads(body)["error"])
+        self.assertEqual(d.request("a.test", "/hello?three").status, 200)
+        dmtest.wait_until(lambda: "/hello?three" in open(log2).read(), 5, what="still the second log")
+        # Access log off and the TCP listener gone.
+        new2 = dict(cfg)
+        new2["log"] = {"access": "off"}
+        code, body = curl_unix(sock, "/load", "--data-binary", json.dumps(new2), method="POST")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(d.request("a.test", "/hello?four").status, 200)
+        dmtest.wait_until(lambda: not dmtest.port_accepts(admin_port), 5,
+                          what="admin TCP listener closed")
+        time.sleep(0.3)
+        self.assertNotIn("/hello?four", open(log2).read())
+        self.assertNotIn("/hello?four", open(log1).read())
+
     def test_admin_validation_names_the_field(self):
         env = self.new_env()
         for admin, needle in (
