@@ -775,7 +775,8 @@ int dm_admin_apply(struct dm_admin *a, const struct cfg *next, struct dm_err *er
     }
     const char *want = next->admin.listen;
     const char *have = a->tcp_listen;
-    if ((want == NULL && have == NULL) || (want != NULL && have != NULL && strcmp(want, have) == 0)) {
+    if ((want == NULL && have == NULL) ||
+        (want != NULL && have != NULL && strcmp(want, have) == 0)) {
         return 0;
     }
     /* Open the new address before closing the old one: a failure keeps the
