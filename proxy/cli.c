@@ -29,6 +29,7 @@
 #include "proxy/core/log.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "proxy/sd_notify.h"
 #include "proxy/upgrade.h"
 
 #define TICKET_ROTATE_S 3600
@@ -85,9 +86,8 @@ static void control_on_stop(evutil_socket_t sig, short what, void *arg)
  * access log and the admin API's TCP listener, the certificate manager, then
  * every worker for new connections. Returns 0, or -1 with
  * err and the old config still running. Shared by SIGHUP and the admin API. */
-static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
+static int control_apply_steps(struct control *ctl, struct cfg *next, struct dm_err *err)
 {
-    struct control *ctl = arg;
     struct dm_err e2 = {0};
     /* What can fail on the system's side (opening a file, binding a port)
      * goes first, each undone if a later step fails. */
@@ -122,6 +122,14 @@ static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
     ctl->cfg = cfg_ref(next);
     ctl->shutdown_ms = next->timeouts.shutdown_ms;
     return 0;
+}
+
+static int control_apply(void *arg, struct cfg *next, struct dm_err *err)
+{
+    dm_sd_notify_reloading();
+    int rc = control_apply_steps(arg, next, err);
+    dm_sd_notify_ready(); /* READY=1 ends RELOADING=1, whatever the outcome */
+    return rc;
 }
 
 static struct cfg *control_config_get(void *arg)
@@ -343,6 +351,7 @@ static int serve(struct cfg *cfg, const char *config_path, const char *data_dir_
            ctl.cfg->bind, ctl.cfg->https_port, ctl.cfg->http_port ? "on port " : "off",
            ctl.cfg->http_port, dm_workers_count(), ctl.cfg->data_dir);
     dm_upgrade_notify_ready(); /* when an older process started this one */
+    dm_sd_notify_ready();
     event_base_dispatch(ctl.base);
     rc = 0;
 out:
@@ -352,6 +361,9 @@ out:
         dm_workers_stop_handover(ctl.shutdown_ms);
         dm_log(DM_LOG_INFO, "main", "stopped (handed over to the new process)");
     } else if (started) {
+        /* Not after a handover: the new process is the unit's main PID now
+         * and STOPPING=1 would speak for the whole service. */
+        dm_sd_notify("STOPPING=1");
         dm_workers_stop(ctl.shutdown_ms);
         dm_log(DM_LOG_INFO, "main", "stopped");
     }

@@ -280,6 +280,45 @@ class OpsTest(dmtest.DmTestCase):
         self.kill_pid(new_pid)
         self.assertFalse(os.path.exists(sock))
 
+    def test_systemd_notify_ready_reload_upgrade_stop(self):
+        # The sd_notify protocol as systemd's Type=notify + NotifyAccess=all unit sees it:
+        # a datagram socket in NOTIFY_SOCKET receives READY with the main PID, RELOADING
+        # then READY around a reload, the upgraded process's MAINPID (so the old one's
+        # exit is not the end of the service), and STOPPING only from a real stop.
+        env = self.new_env()
+        a = env.backend("a")
+        path = env.path("notify.sock")
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(path)
+        self.addCleanup(rx.close)
+        rx.settimeout(20)
+        data_dir = env.new_dir()
+        port = dmtest.free_port()
+        cfg = dmtest.base_config(data_dir, port, [{"hosts": ["a.test"], "to": a.addr}])
+        d = env.doorman_run(cfg, env={"NOTIFY_SOCKET": path})
+
+        def recv():
+            return rx.recv(4096).decode()
+
+        self.assertEqual(recv(), f"MAINPID={d.proc.pid}\nREADY=1")
+        d.proc.signal(signal.SIGHUP)
+        self.assertRegex(recv(), r"^RELOADING=1\nMONOTONIC_USEC=\d+$")
+        self.assertEqual(recv(), f"MAINPID={d.proc.pid}\nREADY=1")
+        d.proc.signal(signal.SIGUSR2)
+        m = re.fullmatch(r"MAINPID=(\d+)\nREADY=1", recv())
+        self.assertIsNotNone(m)
+        new_pid = int(m.group(1))
+        self.addCleanup(self.kill_pid, new_pid)
+        self.assertNotEqual(new_pid, d.proc.pid)
+        self.assertEqual(d.proc.wait(20), 0, "the old process did not drain and exit")
+        rx.settimeout(0.5)
+        with self.assertRaises(socket.timeout):  # no STOPPING=1 from the old process
+            print("unexpected notification: " + recv(), file=sys.stderr)
+        self.assertEqual(d.request("a.test", "/hello").status, 200)
+        rx.settimeout(20)
+        os.kill(new_pid, signal.SIGTERM)
+        self.assertEqual(recv(), "STOPPING=1")
+
     def kill_pid(self, pid):
         """Stops a process this test did not start directly (the upgraded doorman)."""
         try:
