@@ -8,6 +8,7 @@ Every doorman here is the only client of its own Pebble, whose tlsPort is doorma
 port, so tls-alpn-01 validation reaches the doorman under test. Counts of orders come from
 doorman's log line `ordering a certificate for NAME from DIR`. Helpers: ondemand_ask.py."""
 
+import json
 import os
 import random
 import socket
@@ -36,6 +37,16 @@ def od_site(backend, pebble, on_demand, hosts=None):
     if hosts is not None:
         site["hosts"] = hosts
     return site
+
+
+def admin_post(sock, path, body):
+    """POST body to the admin API's unix socket; returns (status, body text)."""
+    curl = dmtest.require_tool("curl", "curl")
+    r = dmtest.run([curl, "-sS", "-w", "\\n%{http_code}", "--unix-socket", sock, "-X", "POST",
+                    "--data-binary", body, "http://localhost" + path], timeout=15)
+    out = dmtest.text(r.stdout)
+    text_body, _, code = out.rpartition("\n")
+    return int(code or 0), text_body
 
 
 def ask_server(test, **kw):
@@ -151,6 +162,53 @@ class OnDemandTest(dmtest.DmTestCase):
         d.wait_log(lambda log: "on-demand: b.saas.test loaded from storage" in log, 5,
                    what="b reloaded")
         self.assertEqual(self.orders(d), {"a.saas.test": 1, "b.saas.test": 1, "c.saas.test": 1})
+        self.assert_alive(d)
+
+    def test_reload_keeps_certificates_and_work_in_flight(self):
+        # A reload replaces the config snapshot; on-demand certificates already held and a
+        # handshake waiting on its permission check and order must not notice. Reloads run
+        # back to back while the new name's ask (slowed to 1 s) and order are in flight.
+        env = self.new_env()
+        ask = ask_server(self, allow=lambda n: n.endswith(".saas.test"),
+                         delay=lambda n: 1.0 if n == "slow.saas.test" else 0.0)
+        pebble, backend, d = self.start(env, lambda b, p: [
+            od_site(b, p, {"ask": ask.url, **UNLIMITED})])
+        root = pebble.root_file()
+        r = od.tls_get(d.https_port, "held.saas.test", cafile=root)
+        self.assertTrue(r.ok, r)
+        held_serial = r.cert["serialNumber"]
+        sock = os.path.join(d.data_dir, "admin.sock")
+        with open(d.config_path) as f:
+            cfg = json.load(f)
+        other = env.backend("other")
+        result = {}
+
+        def slow():
+            result["r"] = od.tls_get(d.https_port, "slow.saas.test", cafile=root)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        reloads = 0
+        while t.is_alive() and reloads < 40:
+            # Alternate between two configs that differ in an unrelated site.
+            new = dict(cfg)
+            if reloads % 2 == 0:
+                new["sites"] = cfg["sites"] + [{"hosts": ["static.test"], "to": other.addr}]
+            code, body = admin_post(sock, "/load", json.dumps(new))
+            self.assertEqual(code, 200, body)
+            reloads += 1
+            time.sleep(0.1)
+        t.join(30)
+        self.assertGreaterEqual(reloads, 5, "the handshake did not wait across reloads")
+        self.assertTrue(result["r"].ok, result["r"])
+        self.assertEqual(od.served_sans(result["r"]), ["slow.saas.test"])
+        # The certificate held before the reloads is served as it was: no new order.
+        r = od.tls_get(d.https_port, "held.saas.test", cafile=root)
+        self.assertTrue(r.ok, r)
+        self.assertEqual(r.cert["serialNumber"], held_serial)
+        self.assertEqual(self.orders(d), {"held.saas.test": 1, "slow.saas.test": 1})
+        self.assertEqual(ask.count("slow.saas.test"), 1)
+        print(f"{reloads} reloads while a new name waited", file=sys.stderr)
         self.assert_alive(d)
 
     def test_quick_command(self):
