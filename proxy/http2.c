@@ -344,28 +344,13 @@ void dm_h2_respond(struct dm_stream *s, int status, const char *content_type,
 
 /* ---- backend events ---- */
 
-void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
-                            struct evbuffer *resp_buf, size_t head_len)
+/* h2_head_nva makes the field list of a backend response head: :status, then
+ * the fields that may go to an HTTP/2 client, names lower-cased into
+ * *out_names. Both arrays are the caller's to free. Returns the count, or 0
+ * when out of memory. */
+static size_t h2_head_nva(nghttp2_nv **out_nva, char **out_names, const struct dm_http1_msg *resp,
+                          const char *status_s)
 {
-    struct h2_stream *st = st_of(s);
-    struct dm_conn *c = s->c;
-    if (resp->status >= 100 && resp->status < 200) {
-        /* Interim responses are not relayed; a 101 cannot happen since
-         * HTTP/2 requests never carry Upgrade (RFC 9113 §8.6). */
-        evbuffer_drain(resp_buf, head_len);
-        if (resp->status == 101) {
-            struct dm_upstream_conn *u = s->up;
-            s->up = NULL;
-            dm_upstream_detach(u, false);
-            s->status = 502;
-            nghttp2_submit_rst_stream(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id,
-                                      NGHTTP2_INTERNAL_ERROR);
-            h2_schedule(c);
-        }
-        return;
-    }
-    s->status = resp->status;
-    s->resp_started = true;
     size_t num = 1, names_len = 0;
     for (size_t i = 0; i < resp->num_headers; i++) {
         names_len += resp->headers[i].name_len;
@@ -375,12 +360,8 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
     if (nva == NULL || names == NULL) {
         free(nva);
         free(names);
-        evbuffer_drain(resp_buf, head_len);
-        dm_h2_on_upstream_error(s, 502, "out of memory");
-        return;
+        return 0;
     }
-    char status_s[8];
-    snprintf(status_s, sizeof(status_s), "%d", resp->status);
     nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status_s, 7, strlen(status_s),
                           NGHTTP2_NV_FLAG_NONE};
     char *np = names;
@@ -391,6 +372,76 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
         }
         nva[num++] = nv_lower(np, h->name, h->name_len, h->value, h->value_len);
         np += h->name_len;
+    }
+    *out_nva = nva;
+    *out_names = names;
+    return num;
+}
+
+/* h2_relay_interim sends a backend's interim response (1xx other than 101)
+ * as a HEADERS frame without END_STREAM before the final one (RFC 9113
+ * §8.1): 103 Early Hints with its Link fields, 100 Continue only to a client
+ * that asked for it (as for HTTP/1.1), other 1xx as they come. */
+static void h2_relay_interim(struct h2_stream *st, const struct dm_http1_msg *resp)
+{
+    struct dm_stream *s = &st->s;
+    struct dm_conn *c = s->c;
+    if (s->resp_started || (resp->status == 100 && !s->msg.expect_continue)) {
+        return;
+    }
+    char status_s[8];
+    snprintf(status_s, sizeof(status_s), "%d", resp->status);
+    nghttp2_nv *nva;
+    char *names;
+    size_t num = h2_head_nva(&nva, &names, resp, status_s);
+    if (num == 0) {
+        return; /* interim answers are optional: drop it */
+    }
+    if (nghttp2_submit_headers(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id, NULL, nva, num, NULL) <
+        0) {
+        DM_LOG_DBG("http2", "c=%llu stream=%d: cannot relay %d", (unsigned long long)c->id,
+                   (int)s->h2_id, resp->status);
+    }
+    free(nva);
+    free(names);
+    h2_schedule(c);
+}
+
+void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+                            struct evbuffer *resp_buf, size_t head_len)
+{
+    struct h2_stream *st = st_of(s);
+    struct dm_conn *c = s->c;
+    if (resp->status >= 100 && resp->status < 200) {
+        if (resp->status != 101) {
+            h2_relay_interim(st, resp);
+            evbuffer_drain(resp_buf, head_len);
+            return;
+        }
+        /* A 101 answers only an upgrade, which an HTTP/2 request never
+         * asks for (RFC 9113 §8.6). */
+        evbuffer_drain(resp_buf, head_len);
+        struct dm_upstream_conn *u = s->up;
+        s->up = NULL;
+        dm_upstream_detach(u, false);
+        s->status = 502;
+        nghttp2_submit_rst_stream(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id,
+                                  NGHTTP2_INTERNAL_ERROR);
+        h2_schedule(c);
+        return;
+    }
+    s->status = resp->status;
+    s->resp_started = true;
+    char status_s[8];
+    snprintf(status_s, sizeof(status_s), "%d", resp->status);
+    nghttp2_nv *nva;
+    char *names;
+    size_t num = h2_head_nva(&nva, &names, resp, status_s);
+    if (num == 0) {
+        evbuffer_drain(resp_buf, head_len);
+        s->resp_started = false;
+        dm_h2_on_upstream_error(s, 502, "out of memory");
+        return;
     }
     bool has_body = !s->is_head && resp->body != DM_HTTP1_BODY_NONE;
     if (resp->body == DM_HTTP1_BODY_CHUNKED) {
@@ -565,6 +616,10 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
             cookie_len += (has_cookie ? 2 : 0) + f->value_len;
             has_cookie = true;
             continue;
+        }
+        if (dm_str_ieq_lit(name, f->name_len, "expect")) {
+            /* Forwarded as is; the backend's 100 is relayed (h2_relay_interim). */
+            m->expect_continue |= dm_str_ieq_lit(value, f->value_len, "100-continue");
         }
         if (dm_str_ieq_lit(name, f->name_len, "content-length")) {
             char num[24];
