@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import sys
 import time
 
@@ -16,6 +17,167 @@ import dmtest  # noqa: E402
 import test_h2  # noqa: E402  (raw HTTP/2 frame helpers)
 
 MiB = 1 << 20
+H = test_h2
+SETTINGS_ENABLE_CONNECT_PROTOCOL = 0x8
+
+
+def parse_settings(payload):
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+            for i in range(0, len(payload), 6)}
+
+
+# HPACK Huffman codes of the digits (RFC 7541 Appendix B): enough to read a :status value.
+HUFFMAN_DIGITS = {"00000": "0", "00001": "1", "00010": "2", "011001": "3", "011010": "4",
+                  "011011": "5", "011100": "6", "011101": "7", "011110": "8", "011111": "9"}
+
+
+def response_status(block):
+    """The :status of a response header block that starts with it: an indexed static entry
+    (RFC 7541 §6.1) or a literal with the :status name index (§6.2), plain or Huffman."""
+    if block[0] in H.STATIC_STATUS:
+        return H.STATIC_STATUS[block[0]]
+    if block[0] & 0xC0 == 0x40 and block[0] & 0x3F == 8 or block[0] in (0x08, 0x18):
+        n, huff, raw = block[1] & 0x7F, block[1] & 0x80, block[2:2 + (block[1] & 0x7F)]
+        if not huff:
+            return int(raw)
+        bits, out, code = "".join(f"{b:08b}" for b in raw), "", ""
+        for bit in bits:
+            code += bit
+            if code in HUFFMAN_DIGITS:
+                out += HUFFMAN_DIGITS[code]
+                code = ""
+        return int(out)
+    raise AssertionError(f"cannot read :status from {block[:8].hex()}")
+
+
+def ws_parse(buf):
+    """(fin, opcode, payload, rest) of the first whole unmasked frame in buf, or None."""
+    if len(buf) < 2:
+        return None
+    n, o = buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, o = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, o = int.from_bytes(buf[2:10], "big"), 10
+    if buf[1] & 0x80:
+        raise AssertionError("the server masked a frame")
+    if len(buf) < o + n:
+        return None
+    return bool(buf[0] & 0x80), buf[0] & 0x0F, buf[o:o + n], buf[o + n:]
+
+
+class WsOverH2:
+    """A WebSocket over one HTTP/2 stream (RFC 8441) on a raw-frame connection: extended
+    CONNECT, then WebSocket frames in DATA frames, with HTTP/2 flow control both ways (our
+    DATA waits for the server's window; its DATA is acknowledged as it is read)."""
+
+    def __init__(self, c, stream_id=1):
+        self.c = c
+        self.sid = stream_id
+        self.server_settings = None
+        self.conn_window = 65535
+        self.stream_window = 65535
+        self.inbuf = b""
+        self.ended = False   # the server's END_STREAM
+        self.reset = None    # the server's RST_STREAM code
+        self.status = None
+        self.head = b""
+
+    def handshake(self):
+        """Reads the server's SETTINGS and acknowledges them (nghttp2 applies
+        ENABLE_CONNECT_PROTOCOL once they are acknowledged)."""
+        f, seen = self.c.frames_until(lambda f: f[0] == H.SETTINGS and not f[1] & H.ACK)
+        if f is None:
+            raise AssertionError(f"no SETTINGS from the server: {seen}")
+        self.server_settings = parse_settings(f[3])
+        self.stream_window = self.server_settings.get(0x4, 65535)
+        self.c.send(H.frame(H.SETTINGS, H.ACK, 0))
+
+    def open(self, path="/ws", protocol="websocket", extra=(), method="CONNECT"):
+        fields = [(":method", method), (":protocol", protocol), (":scheme", "https"),
+                  (":path", path), (":authority", "h.test"), ("sec-websocket-version", "13"),
+                  *extra]
+        if protocol is None:
+            fields = [f for f in fields if f[0] not in (":protocol", ":scheme", ":path")]
+        self.c.send(H.frame(H.HEADERS, H.END_HEADERS, self.sid, H.hpack_block(fields)))
+        while self.status is None:
+            if not self._read_one(10):
+                raise AssertionError("no response HEADERS")
+        return self.status
+
+    def _read_one(self, timeout):
+        f = self.c.read_frame(timeout)
+        if f is None:
+            return False
+        t, flags, sid, payload = f
+        if t == H.SETTINGS and not flags & H.ACK:
+            self.c.send(H.frame(H.SETTINGS, H.ACK, 0))
+        elif t == H.WINDOW_UPDATE:
+            inc = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            if sid == 0:
+                self.conn_window += inc
+            elif sid == self.sid:
+                self.stream_window += inc
+        elif t == H.HEADERS and sid == self.sid:
+            if self.status is None:
+                self.head = payload
+                self.status = response_status(payload)
+            if flags & H.END_STREAM:
+                self.ended = True
+        elif t == H.DATA and sid == self.sid:
+            self.inbuf += payload
+            if payload:
+                inc = struct.pack(">I", len(payload))
+                self.c.send(H.frame(H.WINDOW_UPDATE, 0, 0, inc) +
+                            H.frame(H.WINDOW_UPDATE, 0, self.sid, inc))
+            if flags & H.END_STREAM:
+                self.ended = True
+        elif t == H.RST_STREAM and sid == self.sid:
+            self.reset = int.from_bytes(payload[:4], "big")
+        elif t == H.GOAWAY:
+            raise AssertionError(f"GOAWAY {payload[4:8].hex()}")
+        return True
+
+    def send_data(self, data, end_stream=False):
+        while True:
+            n = min(len(data), 16384, self.conn_window, self.stream_window)
+            if n == 0 and data:
+                if not self._read_one(10):
+                    raise AssertionError("the server's window stayed shut")
+                continue
+            last = n == len(data)
+            self.c.send(H.frame(H.DATA, H.END_STREAM if last and end_stream else 0, self.sid,
+                                data[:n]))
+            self.conn_window -= n
+            self.stream_window -= n
+            data = data[n:]
+            if last:
+                return
+
+    def send_ws(self, opcode, payload, end_stream=False):
+        self.send_data(dmtest.ws_frame(opcode, payload), end_stream)
+
+    def recv_ws(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            r = ws_parse(self.inbuf)
+            if r is not None:
+                self.inbuf = r[3]
+                return r[:3]
+            if self.ended or self.reset is not None:
+                raise AssertionError(f"stream ended before a whole frame (reset={self.reset})")
+            if time.monotonic() > deadline or not self._read_one(deadline - time.monotonic()):
+                raise AssertionError("no WebSocket frame")
+
+    def wait_end(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not self.ended and self.reset is None and time.monotonic() < deadline:
+            self._read_one(max(0.05, deadline - time.monotonic()))
+        return self.ended
 
 
 class H2MoreTest(dmtest.DmTestCase):
@@ -93,6 +255,100 @@ class H2MoreTest(dmtest.DmTestCase):
         err = dmtest.text(r.stderr)
         self.assertNotIn("< HTTP/2 100", err)
         self.assertEqual(json.loads(r.stdout)["length"], 100000)
+
+    # ---- WebSockets over HTTP/2 (RFC 8441) -------------------------------------------------
+
+    def ws(self):
+        c = self.raw()
+        w = WsOverH2(c)
+        w.handshake()
+        return w
+
+    def test_settings_enable_connect_protocol(self):
+        w = self.ws()
+        self.assertEqual(w.server_settings.get(SETTINGS_ENABLE_CONNECT_PROTOCOL), 1,
+                         w.server_settings)
+
+    def test_websocket_echo_over_extended_connect(self):
+        w = self.ws()
+        self.assertEqual(w.open("/ws", extra=[("sec-websocket-protocol", "chat")]), 200,
+                         w.head)
+        self.assertFalse(w.ended, "the tunnel's HEADERS ended the stream")
+        w.send_ws(0x1, b"hello over h2")
+        self.assertEqual(w.recv_ws(), (True, 0x1, b"hello over h2"))
+        # Bigger than the stream windows both ways: flow control tied to the tunnel.
+        big = os.urandom(600 * 1024)
+        w.send_ws(0x2, big)
+        fin, op, payload = w.recv_ws(timeout=30)
+        self.assertEqual((fin, op, len(payload)), (True, 0x2, len(big)))
+        self.assertEqual(hashlib.sha256(payload).digest(), hashlib.sha256(big).digest())
+        w.send_ws(0x9, b"are you there")
+        self.assertEqual(w.recv_ws(), (True, 0xA, b"are you there"))
+        # Close handshake: the backend echoes the close and closes; doorman ends the stream.
+        w.send_ws(0x8, b"\x03\xe8bye")
+        self.assertEqual(w.recv_ws(), (True, 0x8, b"\x03\xe8bye"))
+        self.assertTrue(w.wait_end(), "no END_STREAM after the backend closed")
+        w.send_data(b"", end_stream=True)
+        self.d.wait_log(lambda l: '"CONNECT h.test/ws HTTP/2.0" 200' in l, what="access line")
+        self.alive()
+
+    def test_backend_sees_an_http11_upgrade(self):
+        # dm_test_backend's /ws?hello=1 reports the upgrade request it got in a first frame:
+        # GET with Upgrade and Connection, a key of doorman's own (24 base64 characters), the
+        # version and the subprotocol and extension offers passed on.
+        w = self.ws()
+        self.assertEqual(w.open("/ws?hello=1", extra=[("sec-websocket-protocol", "chat, x"),
+                                                      ("sec-websocket-extensions", "foo")]), 200)
+        fin, op, payload = w.recv_ws()
+        seen = payload.decode()
+        self.assertRegex(seen, r"^method=GET upgrade=websocket connection=upgrade version=13 "
+                               r"key=[A-Za-z0-9+/]{22}== protocol=chat, x extensions=foo$")
+
+    def test_backend_2xx_without_101_is_a_502(self):
+        # A 2xx to extended CONNECT would tell the client its tunnel is open (RFC 8441 §5).
+        w = self.ws()
+        self.assertEqual(w.open("/hello"), 502)
+        self.assertTrue(w.wait_end())
+
+    def test_backend_refusal_relayed_as_the_final_response(self):
+        w = self.ws()
+        self.assertEqual(w.open("/status?code=404"), 404)
+        self.assertTrue(w.wait_end(), "the refusal did not end the stream")
+        self.alive()
+
+    def test_client_end_stream_is_a_fin_to_the_backend(self):
+        # END_STREAM right after a text and a close frame: the backend still gets both
+        # (the FIN follows the bytes), echoes them, closes, and the stream ends.
+        w = self.ws()
+        self.assertEqual(w.open("/ws"), 200)
+        w.send_data(dmtest.ws_frame(0x1, b"last words") + dmtest.ws_frame(0x8, b"\x03\xe8"),
+                    end_stream=True)
+        self.assertEqual(w.recv_ws(), (True, 0x1, b"last words"))
+        self.assertEqual(w.recv_ws(), (True, 0x8, b"\x03\xe8"))
+        self.assertTrue(w.wait_end())
+        self.alive()
+
+    def test_reset_of_a_tunnel_closes_only_that_stream(self):
+        c = self.raw()
+        w = WsOverH2(c, 1)
+        w.handshake()
+        self.assertEqual(w.open("/ws"), 200)
+        c.send(H.frame(H.RST_STREAM, 0, 1, struct.pack(">I", 0x8)))  # CANCEL
+        w2 = WsOverH2(c, 3)
+        w2.server_settings = w.server_settings
+        w2.stream_window = w.stream_window
+        self.assertEqual(w2.open("/ws"), 200)
+        w2.send_ws(0x1, b"still here")
+        self.assertEqual(w2.recv_ws(), (True, 0x1, b"still here"))
+        self.alive()
+
+    def test_plain_connect_and_other_protocols_get_501(self):
+        w = self.ws()
+        self.assertEqual(w.open(protocol=None), 501)
+        w2 = self.ws()  # a new connection: response_status reads no dynamic table
+        self.assertEqual(w2.open("/ws", protocol="webtransport"), 501)
+        w2.send_data(b"", end_stream=True)  # our side done too: the stream closes and is logged
+        self.d.wait_log(lambda l: '"CONNECT ' in l and '/ws HTTP/2.0" 501' in l, what="access line")
 
 
 if __name__ == "__main__":

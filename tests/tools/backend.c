@@ -711,6 +711,28 @@ static void conn_start_ws(struct conn *c)
                "Sec-WebSocket-Accept: %s\r\nX-Backend: %s\r\nX-Conn-Requests: %" PRIu64
                "\r\nX-Conn-Id: %" PRIu64 "\r\n\r\n",
                accept, backend_name, c->num_requests, c->id);
+    char flag[8];
+    if (query_param(c->target, "hello", flag, sizeof(flag)) && strcmp(flag, "1") == 0) {
+        /* /ws?hello=1: a first text frame tells what the upgrade request carried. */
+        const char *proto = conn_header_find(c, "Sec-WebSocket-Protocol");
+        const char *ext = conn_header_find(c, "Sec-WebSocket-Extensions");
+        const char *conn_hdr = conn_header_find(c, "Connection");
+        char text[1024];
+        int n = snprintf(text, sizeof(text),
+                         "method=%s upgrade=%s connection=%s version=%s key=%s protocol=%s "
+                         "extensions=%s",
+                         c->method, upgrade, conn_hdr ? conn_hdr : "-", version, key,
+                         proto ? proto : "-", ext ? ext : "-");
+        n = n < 0 ? 0 : n > 125 * 8 ? 125 * 8 : n;
+        unsigned char h[4] = {0x81, 126, (unsigned char)(n >> 8), (unsigned char)n};
+        if (n < 126) {
+            h[1] = (unsigned char)n;
+            buf_append(&c->out, h, 2);
+        } else {
+            buf_append(&c->out, h, 4);
+        }
+        buf_append(&c->out, text, (size_t)n);
+    }
     free(c->head);
     c->head = NULL;
     c->state = CS_WS;
