@@ -436,8 +436,8 @@ static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp
     nghttp2_nv *nva;
     char *names;
     size_t num = h2_head_nva(&nva, &names, resp, "200", true);
-    evbuffer_drain(resp_buf, head_len);
     if (num == 0) {
+        evbuffer_drain(resp_buf, head_len);
         dm_h2_on_upstream_error(s, 502, "out of memory");
         return;
     }
@@ -447,6 +447,7 @@ static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp
     int rv = h2_submit_response(st, nva, num, true);
     free(nva);
     free(names);
+    evbuffer_drain(resp_buf, head_len); /* after: the field values point into it */
     if (rv != 0) {
         dm_h2_on_upstream_error(s, 502, "cannot submit the response");
         return;
