@@ -8,7 +8,10 @@
  * backend backpressure: request DATA is acknowledged on the connection at
  * once but on the stream only as the backend takes it; a stream's response
  * reading stops above DM_BUF_HIGH of unsent bytes and resumes below
- * DM_BUF_LOW. See docs/architecture.md, "HTTP/2". */
+ * DM_BUF_LOW. Interim 1xx answers go out as non-final HEADERS; a WebSocket
+ * over extended CONNECT (RFC 8441) becomes an HTTP/1.1 upgrade to the
+ * backend and then a tunnel in the stream's DATA frames. See
+ * docs/architecture.md, "HTTP/2". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
