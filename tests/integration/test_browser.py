@@ -3,8 +3,10 @@ local CA root through an NSS database in a temporary HOME (added with NSS's `cer
 a page with several assets (two style sheets, two scripts, four images) from a site served by
 doorman over TLS, and the page's own script writes into the DOM what the browser saw: the
 navigation's and every resource's nextHopProtocol (Resource Timing), whether the images
-decoded, the style sheets applied and the scripts ran. The test reads that from --dump-dom and
-checks doorman's access log for the same requests over HTTP/2.
+decoded, the style sheets applied and the scripts ran; then it opens a WebSocket, which
+Chromium sends over the same HTTP/2 connection as an extended CONNECT (RFC 8441), and writes the
+echo it gets back. The test reads all that from --dump-dom and checks doorman's access log for
+the same requests over HTTP/2.
 
 Chromium is required: a missing binary fails the test (tests/install-deps.sh installs it). It
 runs as root in CI, hence --no-sandbox; its run time is bounded, and on a timeout only its own
@@ -38,6 +40,7 @@ PAGE = """<!doctype html>
 <div id="box">box</div><div id="box2">box2</div>
 %(images)s
 <pre id="result">pending</pre>
+<pre id="ws">pending</pre>
 <script>
 window.addEventListener("load", function () {
   var nav = performance.getEntriesByType("navigation")[0];
@@ -58,6 +61,13 @@ window.addEventListener("load", function () {
     js2: document.getElementById("box2").getAttribute("data-more") === "ran"
   };
   document.getElementById("result").textContent = JSON.stringify(r);
+  var ws = new WebSocket("wss://" + location.host + "/ws");
+  ws.onopen = function () { ws.send("ping from chromium"); };
+  ws.onmessage = function (ev) {
+    document.getElementById("ws").textContent = "WS-ECHO:" + ev.data;
+    ws.close();
+  };
+  ws.onerror = function () { document.getElementById("ws").textContent = "WS-ERROR"; };
 });
 </script>
 </body></html>
@@ -192,6 +202,13 @@ class BrowserTest(dmtest.DmTestCase):
         for path in ["/static/index.html", *sorted(want)]:
             self.d.wait_log(lambda line, p=path: f'"GET site.test{p} HTTP/2.0" 200' in line,
                             what=f"h2 access line for {path}")
+        # The page's WebSocket went over the same HTTP/2 connection (RFC 8441 extended
+        # CONNECT) to the backend's echo, and its close ended the stream.
+        m = re.search(r'<pre id="ws">(.*?)</pre>', dom, re.S)
+        self.assertEqual(html.unescape(m.group(1)) if m else None,
+                         "WS-ECHO:ping from chromium", dom[-2000:])
+        self.d.wait_log(lambda line: '"CONNECT site.test/ws HTTP/2.0" 200' in line,
+                        what="the WebSocket as an HTTP/2 extended CONNECT")
         self.assertFalse(any(" HTTP/1.1\" " in line and "site.test/static" in line
                              for line in self.d.access_log_lines()),
                          "some asset went over HTTP/1.1")
