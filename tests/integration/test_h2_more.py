@@ -1,6 +1,6 @@
 """HTTP/2 to clients, the less common exchanges: interim (1xx) responses relayed as non-final
 HEADERS frames (103 Early Hints with its Link fields, 100 Continue for `expect:
-100-continue`), checked with nghttp -v and curl --http2; and WebSockets over HTTP/2 (RFC 8441
+100-continue`), checked with nghttp -v and curl --http2 (and 103 to HTTP/1.1 clients); and WebSockets over HTTP/2 (RFC 8441
 extended CONNECT), checked with a raw-frame client (test_h2.H2Raw) exchanging WebSocket frames
 with dm_test_backend's /ws echo through doorman."""
 
@@ -229,6 +229,23 @@ class H2MoreTest(dmtest.DmTestCase):
         self.assertRegex(err, r"< HTTP/2 103\s*\n< link: </static/style.css>; rel=preload; "
                               r"as=style", err[-2000:])
         self.assertEqual(dmtest.text(r.stdout), "hints from a\n200")
+
+    def test_103_relayed_to_http11_clients_not_to_http10(self):
+        # The same rule as RFC 9110 §15.2 over HTTP/1.1: a proxy forwards 1xx; HTTP/1.0
+        # clients never get one.
+        with self.d.connect("h.test") as s:
+            s.sendall(dmtest.request_bytes("GET", "/hints", "h.test", [("Connection", "close")]))
+            f = s.makefile("rb")
+            r = dmtest.read_response(f, keep_1xx=True)
+            self.assertEqual(r.status, 103, r)
+            self.assertEqual(r.header_all("Link"), ["</static/style.css>; rel=preload; as=style",
+                                                    "</static/app.js>; rel=preload; as=script"])
+            r = dmtest.read_response(f)
+            self.assertEqual((r.status, r.body), (200, b"hints from a\n"))
+        with self.d.connect("h.test") as s:
+            s.sendall(dmtest.request_bytes("GET", "/hints", "h.test", version="HTTP/1.0"))
+            r = dmtest.read_response(s.makefile("rb"), keep_1xx=True)
+            self.assertEqual((r.status, r.body), (200, b"hints from a\n"))
 
     def test_expect_100_continue_large_upload(self):
         # curl waits for the 100 up to --expect100-timeout before sending the body: with the
