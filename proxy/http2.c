@@ -776,8 +776,8 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
     }
     long ws_key_off = -1;
     if (st->is_ws && (ws_key_off = h2_ws_key(st)) < 0) {
-        dm_h2_respond(s, 431, "text/plain; charset=utf-8", NULL,
-                      "431 Request Header Fields Too Large\n");
+        /* Out of memory, or no entropy yet (early boot). */
+        dm_h2_respond(s, 503, "text/plain; charset=utf-8", NULL, "503 Service Unavailable\n");
         return;
     }
     /* hbuf may have moved while cookies were joined: point into it now. */
