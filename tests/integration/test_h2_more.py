@@ -333,6 +333,19 @@ class H2MoreTest(dmtest.DmTestCase):
         self.assertTrue(w.wait_end(), "the refusal did not end the stream")
         self.alive()
 
+    def test_data_sent_before_the_101_is_delivered_after_it(self):
+        # A client may send WebSocket bytes right behind its CONNECT; doorman holds them
+        # (unacknowledged, within the stream window) until the backend has switched.
+        w = self.ws()
+        fields = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                  (":path", "/ws"), (":authority", "h.test"), ("sec-websocket-version", "13")]
+        w.c.send(H.frame(H.HEADERS, H.END_HEADERS, 1, H.hpack_block(fields)) +
+                 H.frame(H.DATA, 0, 1, dmtest.ws_frame(0x1, b"early bird")))
+        w.conn_window -= 16
+        w.stream_window -= 16
+        self.assertEqual(w.recv_ws(), (True, 0x1, b"early bird"))
+        self.assertEqual(w.status, 200)
+
     def test_client_end_stream_is_a_fin_to_the_backend(self):
         # END_STREAM right after a text and a close frame: the backend still gets both
         # (the FIN follows the bytes), echoes them, closes, and the stream ends.
