@@ -952,12 +952,27 @@ void dm_h1_on_upstream_head(struct dm_conn *c, const struct dm_http1_msg *resp,
                             struct evbuffer *resp_buf, size_t head_len)
 {
     if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
-        /* Interim responses: 100 only to a client that asked (and speaks 1.1). */
-        if (resp->status == 100 && c->r.msg.expect_continue && !c->r.is_http10) {
-            evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-            dm_conn_flush(c);
+        /* Interim responses, never to HTTP/1.0 (RFC 9110 §15.2): 100 only
+         * to a client that asked; others (103 Early Hints) with their
+         * end-to-end fields, as a proxy must forward them. */
+        if (c->r.is_http10 || (resp->status == 100 && !c->r.msg.expect_continue)) {
+            evbuffer_drain(resp_buf, head_len);
+            return;
         }
+        evbuffer_add_printf(c->out, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason_len,
+                            resp->reason);
+        for (size_t i = 0; resp->status != 100 && i < resp->num_headers; i++) {
+            const struct dm_http1_header *h = &resp->headers[i];
+            if (dm_resp_header_forwarded(h, resp)) {
+                evbuffer_add(c->out, h->name, h->name_len);
+                evbuffer_add(c->out, ": ", 2);
+                evbuffer_add(c->out, h->value, h->value_len);
+                evbuffer_add(c->out, "\r\n", 2);
+            }
+        }
+        evbuffer_add(c->out, "\r\n", 2);
         evbuffer_drain(resp_buf, head_len);
+        dm_conn_flush(c);
         return;
     }
     c->r.status = resp->status;

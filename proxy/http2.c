@@ -8,10 +8,14 @@
  * backend backpressure: request DATA is acknowledged on the connection at
  * once but on the stream only as the backend takes it; a stream's response
  * reading stops above DM_BUF_HIGH of unsent bytes and resumes below
- * DM_BUF_LOW. See docs/architecture.md, "HTTP/2". */
+ * DM_BUF_LOW. Interim 1xx answers go out as non-final HEADERS; a WebSocket
+ * over extended CONNECT (RFC 8441) becomes an HTTP/1.1 upgrade to the
+ * backend and then a tunnel in the stream's DATA frames. See
+ * docs/architecture.md, "HTTP/2". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <event2/buffer.h>
 #include <nghttp2/nghttp2.h>
@@ -66,6 +70,12 @@ struct h2_stream {
     bool want_resume;              /* resume the backend after the flush (s.out drained) */
     size_t unconsumed;             /* request DATA bytes not yet acknowledged on the stream */
     struct evbuffer *req_trailers; /* owned: "name: value\r\n" lines, chunked uploads */
+    /* A WebSocket over HTTP/2 (RFC 8441 extended CONNECT): the backend gets
+     * an HTTP/1.1 upgrade; after its 101 the stream's DATA is the tunnel. */
+    bool is_ws;
+    bool tunnel_open;              /* the backend switched protocols: bytes flow both ways */
+    bool client_ended;             /* the client's END_STREAM arrived on the tunnel */
+    struct evbuffer *tunnel_early; /* owned: DATA that came before the backend's 101 */
 };
 
 struct dm_h2 {
@@ -138,6 +148,9 @@ static void h2_stream_free(struct dm_conn *c, struct h2_stream *st)
     }
     if (st->req_trailers != NULL) {
         evbuffer_free(st->req_trailers);
+    }
+    if (st->tunnel_early != NULL) {
+        evbuffer_free(st->tunnel_early);
     }
     free(st->hbuf);
     free(st->fields);
@@ -344,28 +357,13 @@ void dm_h2_respond(struct dm_stream *s, int status, const char *content_type,
 
 /* ---- backend events ---- */
 
-void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
-                            struct evbuffer *resp_buf, size_t head_len)
+/* h2_head_nva makes the field list of a backend response head: :status, then
+ * the fields that may go to an HTTP/2 client, names lower-cased into
+ * *out_names. Both arrays are the caller's to free. Returns the count, or 0
+ * when out of memory. */
+static size_t h2_head_nva(nghttp2_nv **out_nva, char **out_names, const struct dm_http1_msg *resp,
+                          const char *status_s, bool is_tunnel)
 {
-    struct h2_stream *st = st_of(s);
-    struct dm_conn *c = s->c;
-    if (resp->status >= 100 && resp->status < 200) {
-        /* Interim responses are not relayed; a 101 cannot happen since
-         * HTTP/2 requests never carry Upgrade (RFC 9113 §8.6). */
-        evbuffer_drain(resp_buf, head_len);
-        if (resp->status == 101) {
-            struct dm_upstream_conn *u = s->up;
-            s->up = NULL;
-            dm_upstream_detach(u, false);
-            s->status = 502;
-            nghttp2_submit_rst_stream(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id,
-                                      NGHTTP2_INTERNAL_ERROR);
-            h2_schedule(c);
-        }
-        return;
-    }
-    s->status = resp->status;
-    s->resp_started = true;
     size_t num = 1, names_len = 0;
     for (size_t i = 0; i < resp->num_headers; i++) {
         names_len += resp->headers[i].name_len;
@@ -375,12 +373,8 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
     if (nva == NULL || names == NULL) {
         free(nva);
         free(names);
-        evbuffer_drain(resp_buf, head_len);
-        dm_h2_on_upstream_error(s, 502, "out of memory");
-        return;
+        return 0;
     }
-    char status_s[8];
-    snprintf(status_s, sizeof(status_s), "%d", resp->status);
     nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status_s, 7, strlen(status_s),
                           NGHTTP2_NV_FLAG_NONE};
     char *np = names;
@@ -389,8 +383,172 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
         if (!dm_resp_header_forwarded(h, resp)) {
             continue; /* connection-specific fields never go out (RFC 9113 §8.2.2) */
         }
+        if (is_tunnel && dm_str_ieq_lit(h->name, h->name_len, "sec-websocket-accept")) {
+            continue; /* answers our key; RFC 8441 §5 has no accept field */
+        }
         nva[num++] = nv_lower(np, h->name, h->name_len, h->value, h->value_len);
         np += h->name_len;
+    }
+    *out_nva = nva;
+    *out_names = names;
+    return num;
+}
+
+/* h2_relay_interim sends a backend's interim response (1xx other than 101)
+ * as a HEADERS frame without END_STREAM before the final one (RFC 9113
+ * §8.1): 103 Early Hints with its Link fields, 100 Continue only to a client
+ * that asked for it (as for HTTP/1.1), other 1xx as they come. */
+static void h2_relay_interim(struct h2_stream *st, const struct dm_http1_msg *resp)
+{
+    struct dm_stream *s = &st->s;
+    struct dm_conn *c = s->c;
+    if (s->resp_started || (resp->status == 100 && !s->msg.expect_continue)) {
+        return;
+    }
+    char status_s[8];
+    snprintf(status_s, sizeof(status_s), "%d", resp->status);
+    nghttp2_nv *nva;
+    char *names;
+    size_t num = h2_head_nva(&nva, &names, resp, status_s, false);
+    if (num == 0) {
+        return; /* interim answers are optional: drop it */
+    }
+    if (nghttp2_submit_headers(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id, NULL, nva, num, NULL) <
+        0) {
+        DM_LOG_DBG("http2", "c=%llu stream=%d: cannot relay %d", (unsigned long long)c->id,
+                   (int)s->h2_id, resp->status);
+    }
+    free(nva);
+    free(names);
+    h2_schedule(c);
+}
+
+static void h2_consume(struct h2_stream *st);
+
+/* h2_tunnel_open answers a WebSocket stream whose backend sent 101: :status
+ * 200 and no END_STREAM (RFC 8441 §5), the 101's end-to-end fields
+ * (Sec-WebSocket-Protocol, -Extensions, ...) kept. From here the stream's
+ * DATA and the backend connection's bytes are one tunnel, with the same
+ * backpressure as bodies: the backend is paused while the client is slow
+ * (dm_h2_on_upstream_data), and client DATA is acknowledged only as the
+ * backend takes it (h2_consume). */
+static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp,
+                           struct evbuffer *resp_buf, size_t head_len)
+{
+    struct dm_stream *s = &st->s;
+    nghttp2_nv *nva;
+    char *names;
+    size_t num = h2_head_nva(&nva, &names, resp, "200", true);
+    if (num == 0) {
+        evbuffer_drain(resp_buf, head_len);
+        dm_h2_on_upstream_error(s, 502, "out of memory");
+        return;
+    }
+    s->status = 200;
+    s->resp_started = true;
+    st->tunnel_open = true;
+    int rv = h2_submit_response(st, nva, num, true);
+    free(nva);
+    free(names);
+    evbuffer_drain(resp_buf, head_len); /* after: the field values point into it */
+    if (rv != 0) {
+        dm_h2_on_upstream_error(s, 502, "cannot submit the response");
+        return;
+    }
+    struct evbuffer *out = dm_upstream_output(s->up);
+    if (st->tunnel_early != NULL && out != NULL) {
+        evbuffer_add_buffer(out, st->tunnel_early);
+        dm_upstream_kick(s->up);
+    }
+    if (st->client_ended && s->up != NULL) {
+        dm_upstream_shutdown_write(s->up);
+    }
+    h2_consume(st);
+}
+
+/* h2_tunnel_data takes client DATA of a WebSocket stream: to the backend once
+ * the tunnel is open; kept (and not acknowledged, so bounded by the stream
+ * window) while the backend has not answered; dropped after a refusal. */
+static void h2_tunnel_data(struct h2_stream *st, const uint8_t *data, size_t len)
+{
+    struct dm_stream *s = &st->s;
+    struct dm_conn *c = s->c;
+    struct evbuffer *out = st->tunnel_open && s->up != NULL ? dm_upstream_output(s->up) : NULL;
+    if (out != NULL) {
+        evbuffer_add(out, data, len);
+        st->unconsumed += len;
+        dm_upstream_kick(s->up);
+        h2_consume(st);
+        return;
+    }
+    if (!s->resp_started && s->up != NULL) {
+        if (st->tunnel_early == NULL && (st->tunnel_early = evbuffer_new()) == NULL) {
+            nghttp2_submit_rst_stream(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id,
+                                      NGHTTP2_INTERNAL_ERROR);
+            h2_schedule(c);
+            return;
+        }
+        evbuffer_add(st->tunnel_early, data, len);
+        st->unconsumed += len;
+        return;
+    }
+    nghttp2_session_consume_stream(c->h2->session, s->h2_id, len);
+}
+
+void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+                            struct evbuffer *resp_buf, size_t head_len)
+{
+    struct h2_stream *st = st_of(s);
+    struct dm_conn *c = s->c;
+    if (resp->status >= 100 && resp->status < 200) {
+        if (resp->status != 101) {
+            h2_relay_interim(st, resp);
+            evbuffer_drain(resp_buf, head_len);
+            return;
+        }
+        if (st->is_ws) {
+            h2_tunnel_open(st, resp, resp_buf, head_len);
+            return;
+        }
+        /* A 101 answers only an upgrade, which an HTTP/2 request asks for
+         * only through extended CONNECT (RFC 9113 §8.6, RFC 8441). */
+        evbuffer_drain(resp_buf, head_len);
+        struct dm_upstream_conn *u = s->up;
+        s->up = NULL;
+        dm_upstream_detach(u, false);
+        s->status = 502;
+        nghttp2_submit_rst_stream(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id,
+                                  NGHTTP2_INTERNAL_ERROR);
+        h2_schedule(c);
+        return;
+    }
+    if (st->is_ws && resp->status < 300) {
+        /* A 2xx to extended CONNECT means "tunnel open" (RFC 8441 §5); the
+         * backend answered the upgrade with a plain response instead. */
+        evbuffer_drain(resp_buf, head_len);
+        DM_LOG_DBG("http2", "c=%llu stream=%d: backend answered a WebSocket upgrade with %d",
+                   (unsigned long long)c->id, (int)s->h2_id, resp->status);
+        dm_h2_on_upstream_error(s, 502, "backend did not switch protocols");
+        return;
+    }
+    s->status = resp->status;
+    s->resp_started = true;
+    if (st->tunnel_early != NULL) {
+        /* The backend refused the WebSocket: its answer is final, and what
+         * the client sent ahead goes nowhere. */
+        evbuffer_drain(st->tunnel_early, evbuffer_get_length(st->tunnel_early));
+        h2_consume(st);
+    }
+    char status_s[8];
+    snprintf(status_s, sizeof(status_s), "%d", resp->status);
+    nghttp2_nv *nva;
+    char *names;
+    size_t num = h2_head_nva(&nva, &names, resp, status_s, false);
+    if (num == 0) {
+        evbuffer_drain(resp_buf, head_len);
+        s->resp_started = false;
+        dm_h2_on_upstream_error(s, 502, "out of memory");
+        return;
     }
     bool has_body = !s->is_head && resp->body != DM_HTTP1_BODY_NONE;
     if (resp->body == DM_HTTP1_BODY_CHUNKED) {
@@ -426,7 +584,7 @@ void dm_h2_on_upstream_done(struct dm_stream *s, bool backend_reusable)
     struct h2_stream *st = st_of(s);
     struct dm_upstream_conn *u = s->up;
     s->up = NULL;
-    dm_upstream_detach(u, backend_reusable && s->req_body_done);
+    dm_upstream_detach(u, backend_reusable && s->req_body_done && !st->is_ws);
     st->resp_ended = true;
     if (st->data_deferred) {
         st->data_deferred = false;
@@ -481,6 +639,15 @@ void dm_h2_on_upstream_writable(struct dm_stream *s)
 static void h2_body_end(struct h2_stream *st)
 {
     struct dm_stream *s = &st->s;
+    if (st->is_ws) {
+        /* END_STREAM on a tunnel is the client's FIN (RFC 8441 §5): the
+         * backend gets one once it has the bytes before it. */
+        st->client_ended = true;
+        if (st->tunnel_open && s->up != NULL) {
+            dm_upstream_shutdown_write(s->up);
+        }
+        return;
+    }
     if (s->req_body_done) {
         return;
     }
@@ -498,6 +665,28 @@ static void h2_body_end(struct h2_stream *st)
     }
     dm_upstream_request_done(s->up);
     dm_upstream_kick(s->up);
+}
+
+/* h2_ws_key stores a fresh Sec-WebSocket-Key (RFC 6455 §4.1: 16 random bytes,
+ * base64, 24 characters) in the stream's header storage. Returns its offset,
+ * or -1. */
+static long h2_ws_key(struct h2_stream *st)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t raw[18] = {0}; /* 16 random bytes, two zero bytes of padding */
+    if (getrandom(raw, 16, GRND_NONBLOCK) != 16) {
+        return -1;
+    }
+    char key[24];
+    for (size_t i = 0, o = 0; i < 18; i += 3, o += 4) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+        key[o] = b64[v >> 18 & 63];
+        key[o + 1] = b64[v >> 12 & 63];
+        key[o + 2] = b64[v >> 6 & 63];
+        key[o + 3] = b64[v & 63];
+    }
+    key[22] = key[23] = '=';
+    return hbuf_add(st, key, sizeof(key));
 }
 
 /* h2_start_request turns the stream's pseudo-headers and fields into a
@@ -526,10 +715,17 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
     }
     if (st->method.set && st->method.len == 7 &&
         memcmp(span_ptr(st, &st->method), "CONNECT", 7) == 0) {
-        /* Tunnels over HTTP/2, extended CONNECT included (RFC 8441), are not
-         * supported yet. */
-        dm_h2_respond(s, 501, "text/plain; charset=utf-8", NULL, "501 Not Implemented\n");
-        return;
+        /* Extended CONNECT for WebSockets (RFC 8441) goes to the backend as
+         * an HTTP/1.1 upgrade; plain CONNECT tunnels and other protocols are
+         * not supported. nghttp2 accepts :protocol only because we sent
+         * SETTINGS_ENABLE_CONNECT_PROTOCOL, and requires :scheme and :path
+         * with it. */
+        if (!st->protocol.set ||
+            !dm_str_ieq_lit(span_ptr(st, &st->protocol), st->protocol.len, "websocket")) {
+            dm_h2_respond(s, 501, "text/plain; charset=utf-8", NULL, "501 Not Implemented\n");
+            return;
+        }
+        st->is_ws = true;
     }
     /* :authority is preferred; a Host that names something else, or neither
      * of them, makes the request malformed (RFC 9113 §8.3.1). */
@@ -566,6 +762,10 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
             has_cookie = true;
             continue;
         }
+        if (dm_str_ieq_lit(name, f->name_len, "expect")) {
+            /* Forwarded as is; the backend's 100 is relayed (h2_relay_interim). */
+            m->expect_continue |= dm_str_ieq_lit(value, f->value_len, "100-continue");
+        }
         if (dm_str_ieq_lit(name, f->name_len, "content-length")) {
             char num[24];
             size_t n = f->value_len < sizeof(num) - 1 ? f->value_len : sizeof(num) - 1;
@@ -574,13 +774,24 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
             content_length = strtoll(num, NULL, 10); /* nghttp2 checked the syntax */
         }
     }
+    long ws_key_off = -1;
+    if (st->is_ws && (ws_key_off = h2_ws_key(st)) < 0) {
+        /* Out of memory, or no entropy yet (early boot). */
+        dm_h2_respond(s, 503, "text/plain; charset=utf-8", NULL, "503 Service Unavailable\n");
+        return;
+    }
     /* hbuf may have moved while cookies were joined: point into it now. */
+    bool has_ws_version = false;
     for (size_t i = 0; i < st->num_fields; i++) {
         const struct h2_field *f = &st->fields[i];
         const char *name = st->hbuf + f->name_off;
         if (dm_str_ieq_lit(name, f->name_len, "cookie")) {
             continue;
         }
+        if (st->is_ws && dm_str_ieq_lit(name, f->name_len, "sec-websocket-key")) {
+            continue; /* ours replaces it: the backend answers the key we sent */
+        }
+        has_ws_version |= dm_str_ieq_lit(name, f->name_len, "sec-websocket-version");
         m->headers[m->num_headers++] =
             (struct dm_http1_header){name, f->name_len, st->hbuf + f->value_off, f->value_len};
     }
@@ -593,7 +804,29 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
         (struct dm_http1_header){"host", 4, span_ptr(st, auth), auth->len};
     m->method = span_ptr(st, &st->method);
     m->target = span_ptr(st, &st->path);
-    if (end_stream) {
+    if (st->is_ws) {
+        /* RFC 8441 §5 in reverse: GET with Upgrade and a key of our own
+         * (the Connection and Upgrade lines come from m->is_upgrade). */
+        if (m->num_headers + 3 > DM_MAX_HEADERS_CAP) {
+            dm_h2_respond(s, 431, "text/plain; charset=utf-8", NULL,
+                          "431 Request Header Fields Too Large\n");
+            return;
+        }
+        m->headers[m->num_headers++] =
+            (struct dm_http1_header){"sec-websocket-key", 17, st->hbuf + ws_key_off, 24};
+        if (!has_ws_version) {
+            m->headers[m->num_headers++] =
+                (struct dm_http1_header){"sec-websocket-version", 21, "13", 2};
+        }
+        m->known.upgrade = (int)m->num_headers;
+        m->headers[m->num_headers++] = (struct dm_http1_header){"upgrade", 7, "websocket", 9};
+        m->is_upgrade = true;
+        m->method = "GET";
+        m->method_len = 3;
+    }
+    if (st->is_ws) {
+        m->body = DM_HTTP1_BODY_NONE; /* the stream's DATA is the tunnel, after the 101 */
+    } else if (end_stream) {
         m->body = DM_HTTP1_BODY_NONE;
     } else if (content_length >= 0) {
         m->body = content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
@@ -604,7 +837,7 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
     s->req_body_left = m->body == DM_HTTP1_BODY_LENGTH ? m->content_length : 0;
     st->req_chunked_out = m->body == DM_HTTP1_BODY_CHUNKED;
     if (end_stream || m->body == DM_HTTP1_BODY_NONE) {
-        s->req_body_done = end_stream;
+        s->req_body_done = end_stream || st->is_ws;
     }
 
     struct evbuffer *hb = evbuffer_new();
@@ -787,6 +1020,10 @@ static int h2_on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_
     if (st == NULL) {
         return 0;
     }
+    if (st->is_ws) {
+        h2_tunnel_data(st, data, len);
+        return 0;
+    }
     struct dm_stream *s = &st->s;
     struct evbuffer *out = s->up != NULL && !s->req_body_done ? dm_upstream_output(s->up) : NULL;
     if (out == NULL) {
@@ -861,6 +1098,8 @@ int dm_h2_start(struct dm_conn *c)
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->http2.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->limits.max_header_bytes},
+        /* WebSockets over HTTP/2 (RFC 8441): lets clients send :protocol. */
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
     if (nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) !=
             0 ||

@@ -333,6 +333,9 @@ struct evbuffer *dm_upstream_input(struct dm_upstream_conn *u);
 /* dm_upstream_resume restarts reading the backend (client drained below low). */
 void dm_upstream_resume(struct dm_upstream_conn *u);
 void dm_upstream_pause(struct dm_upstream_conn *u);
+/* dm_upstream_shutdown_write sends the backend a FIN once its pending output
+ * is written (a tunnel whose client finished sending; HTTP/2 WebSockets). */
+void dm_upstream_shutdown_write(struct dm_upstream_conn *u);
 /* dm_upstream_detach unlinks the client; the backend connection is closed
  * (or pooled if reusable and the exchange completed). */
 void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);

@@ -77,6 +77,7 @@ struct dm_upstream_conn {
     bool closed;
     bool big_reads;            /* the last wakeup read at least UP_SMALL_CHUNK bytes */
     bool response_timer_armed; /* timeouts.response runs from the end of the request */
+    bool shut_wr;              /* tunnel: FIN to the backend once out is written */
     int pending_error;         /* status to report from the deferred timer, 0 = none */
     const char *pending_why;
     int refs;
@@ -344,6 +345,9 @@ static void up_flush(struct dm_upstream_conn *u)
         }
     }
     event_del(&u->wev);
+    if (u->shut_wr) {
+        shutdown(u->fd, SHUT_WR); /* dm_upstream_shutdown_write */
+    }
     up_arm_wait(u);
 }
 
@@ -381,6 +385,14 @@ void dm_upstream_request_done(struct dm_upstream_conn *u)
 {
     u->req_done = true;
     up_arm_wait(u);
+}
+
+void dm_upstream_shutdown_write(struct dm_upstream_conn *u)
+{
+    if (!u->closed && !u->shut_wr) {
+        u->shut_wr = true;
+        up_flush(u);
+    }
 }
 
 void dm_upstream_pause(struct dm_upstream_conn *u)

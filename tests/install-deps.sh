@@ -5,11 +5,12 @@ set -eu
 
 # Build: compiler, CMake, BoringSSL (Debian's Android build), libevent,
 # nghttp2, jansson. Tests: curl/openssl clients, python3 for the integration
-# driver, clang + its runtime for sanitizers and libFuzzer, Pebble (ACME test CA).
+# driver, clang + its runtime for sanitizers and libFuzzer, Pebble (ACME test CA),
+# headless Chromium and NSS's certutil for the browser test (test_browser.py).
 PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
 android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
 curl openssl python3 ca-certificates nghttp2-client pebble publicsuffix
-python3-cryptography"
+python3-cryptography chromium libnss3-tools"
 if [ "${1:-}" = "--bench" ]; then
     PKGS="$PKGS nginx-light wrk haproxy caddy"
 fi

@@ -593,9 +593,10 @@ class Env:
         self.procs.append(p)
         return p
 
-    def backend(self, name, listen="127.0.0.1:0", timeout=10.0):
-        """Starts dm_test_backend --name name; waits for its ready line."""
-        p = self.spawn(f"backend-{name}", [backend_bin(), "--listen", listen, "--name", name])
+    def backend(self, name, listen="127.0.0.1:0", timeout=10.0, args=()):
+        """Starts dm_test_backend --name name [args]; waits for its ready line."""
+        p = self.spawn(f"backend-{name}", [backend_bin(), "--listen", listen, "--name", name,
+                                           *args])
 
         def ready():
             if not p.alive():

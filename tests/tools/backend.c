@@ -1,6 +1,7 @@
 /*
  * dm_test_backend: a single-threaded HTTP/1.1 origin server for doorman's integration tests
- * (keep-alive, pipelining, streamed bodies, delays, resets, WebSocket echo).
+ * (keep-alive, pipelining, streamed bodies, delays, resets, WebSocket echo, 103 Early Hints,
+ * small static files for the browser test).
  * Plain POSIX sockets and poll(2); links only libc (digests in digest.c, no TLS library).
  * Invariants: a connection handles one request at a time, so pipelined responses leave in
  * request order; every buffer is bounded: input by IN_CAP, output by OUT_HIGH (reading and
@@ -45,6 +46,7 @@
 /* ---- small helpers ---------------------------------------------------------------------- */
 
 static const char *backend_name = "backend";
+static const char *static_dir; /* --static: files served under /static/, or NULL */
 static volatile sig_atomic_t stop_requested;
 static uint64_t conns_accepted;
 static uint64_t requests_total;
@@ -206,6 +208,8 @@ enum endpoint {
     EP_TRAILERS,
     EP_SLOWBODY,
     EP_STATS,
+    EP_HINTS,
+    EP_STATIC,
     EP_BAD_REQUEST,
 };
 
@@ -670,9 +674,12 @@ static enum endpoint endpoint_find(const char *target)
         {"/bytes", EP_BYTES},       {"/sum", EP_SUM},     {"/delay", EP_DELAY},
         {"/status", EP_STATUS},     {"/close", EP_CLOSE}, {"/reset", EP_RESET},
         {"/half", EP_HALF},         {"/ws", EP_WS},       {"/trailers", EP_TRAILERS},
-        {"/slowbody", EP_SLOWBODY}, {"/stats", EP_STATS},
+        {"/slowbody", EP_SLOWBODY}, {"/stats", EP_STATS}, {"/hints", EP_HINTS},
     };
     size_t plen = strcspn(target, "?");
+    if (static_dir != NULL && strncmp(target, "/static/", 8) == 0) {
+        return EP_STATIC;
+    }
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
         if (strlen(table[i].path) == plen && strncmp(table[i].path, target, plen) == 0) {
             return table[i].ep;
@@ -704,6 +711,28 @@ static void conn_start_ws(struct conn *c)
                "Sec-WebSocket-Accept: %s\r\nX-Backend: %s\r\nX-Conn-Requests: %" PRIu64
                "\r\nX-Conn-Id: %" PRIu64 "\r\n\r\n",
                accept, backend_name, c->num_requests, c->id);
+    char flag[8];
+    if (query_param(c->target, "hello", flag, sizeof(flag)) && strcmp(flag, "1") == 0) {
+        /* /ws?hello=1: a first text frame tells what the upgrade request carried. */
+        const char *proto = conn_header_find(c, "Sec-WebSocket-Protocol");
+        const char *ext = conn_header_find(c, "Sec-WebSocket-Extensions");
+        const char *conn_hdr = conn_header_find(c, "Connection");
+        char text[1024];
+        int n = snprintf(text, sizeof(text),
+                         "method=%s upgrade=%s connection=%s version=%s key=%s protocol=%s "
+                         "extensions=%s",
+                         c->method, upgrade, conn_hdr ? conn_hdr : "-", version, key,
+                         proto ? proto : "-", ext ? ext : "-");
+        n = n < 0 ? 0 : n > 125 * 8 ? 125 * 8 : n;
+        unsigned char h[4] = {0x81, 126, (unsigned char)(n >> 8), (unsigned char)n};
+        if (n < 126) {
+            h[1] = (unsigned char)n;
+            buf_append(&c->out, h, 2);
+        } else {
+            buf_append(&c->out, h, 4);
+        }
+        buf_append(&c->out, text, (size_t)n);
+    }
     free(c->head);
     c->head = NULL;
     c->state = CS_WS;
@@ -772,6 +801,12 @@ static void conn_start_request(struct conn *c)
     }
     if (c->has_expect_continue && c->framing != BODY_NONE) {
         buf_printf(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    if (c->endpoint == EP_HINTS) {
+        /* RFC 8297: an interim 103 first, then the final answer. */
+        buf_printf(&c->out, "HTTP/1.1 103 Early Hints\r\n"
+                            "Link: </static/style.css>; rel=preload; as=style\r\n"
+                            "Link: </static/app.js>; rel=preload; as=script\r\n\r\n");
     }
     if (c->endpoint == EP_ECHO) {
         if (c->framing == BODY_CHUNKED) {
@@ -877,6 +912,53 @@ static void conn_respond_headers(struct conn *c)
     free(j.data);
 }
 
+/* Answers /static/NAME with the file NAME of --static (a flat directory of small files; names
+ * with '/' or a leading '.' are 404). Blocking reads are fine here: files are tiny and local. */
+static void conn_respond_static(struct conn *c)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        {".html", "text/html; charset=utf-8"},
+        {".css", "text/css"},
+        {".js", "text/javascript"},
+        {".png", "image/png"},
+        {".svg", "image/svg+xml"},
+        {".json", "application/json"},
+    };
+    const char *name = c->target + 8;
+    size_t name_len = strcspn(name, "?");
+    char path[PATH_MAX];
+    if (name_len == 0 || name[0] == '.' || memchr(name, '/', name_len) != NULL ||
+        snprintf(path, sizeof(path), "%s/%.*s", static_dir, (int)name_len, name) >=
+            (int)sizeof(path)) {
+        conn_respond_simple(c, 404, "text/plain", "not found\n");
+        return;
+    }
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        conn_respond_simple(c, 404, "text/plain", "not found\n");
+        return;
+    }
+    struct buf body = {0};
+    char piece[8192];
+    size_t n;
+    while ((n = fread(piece, 1, sizeof(piece), f)) > 0 && body.len < OUT_HIGH) {
+        buf_append(&body, piece, n);
+    }
+    fclose(f);
+    const char *type = "application/octet-stream";
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        size_t el = strlen(types[i].ext);
+        if (name_len > el && strncmp(name + name_len - el, types[i].ext, el) == 0) {
+            type = types[i].type;
+        }
+    }
+    conn_write_head(c, 200, type, OUT_LENGTH, body.len, "Cache-Control: no-store\r\n");
+    conn_write_body(c, body.data, body.len);
+    free(body.data);
+}
+
 /* The request body has been consumed: answer (or start answering). */
 static void conn_on_body_done(struct conn *c)
 {
@@ -941,6 +1023,13 @@ static void conn_on_body_done(struct conn *c)
         conn_write_body_end(c, text);
         break;
     }
+    case EP_HINTS:
+        snprintf(text, sizeof(text), "hints from %s\n", backend_name);
+        conn_respond_simple(c, 200, "text/plain", text);
+        break;
+    case EP_STATIC:
+        conn_respond_static(c);
+        break;
     case EP_STATS:
         snprintf(text, sizeof(text),
                  "{\"connections\":%" PRIu64 ",\"open\":%zu,\"requests\":%" PRIu64 "}\n",
@@ -1545,12 +1634,15 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dm_test_backend --listen ADDR [--listen ADDR]... [--name NAME]\n"
-               "  ADDR: 127.0.0.1:PORT, [::1]:PORT or unix:/path (PORT 0 picks a free port)\n"
-               "  prints \"ready PORT...\" on stdout once listening; exits 0 on SIGTERM/SIGINT\n"
-               "endpoints: /hello /echo /headers /bytes?n=N[&chunked=1] /sum /delay?ms=N\n"
-               "  /status?code=N /close /reset /half /ws /trailers\n"
-               "  /slowbody?bytes=N&ms=M[&piece=K] /stats\n");
+    fprintf(f,
+            "usage: dm_test_backend --listen ADDR [--listen ADDR]... [--name NAME] [--static DIR]\n"
+            "  ADDR: 127.0.0.1:PORT, [::1]:PORT or unix:/path (PORT 0 picks a free port)\n"
+            "  prints \"ready PORT...\" on stdout once listening; exits 0 on SIGTERM/SIGINT\n"
+            "endpoints: /hello /echo /headers /bytes?n=N[&chunked=1] /sum /delay?ms=N\n"
+            "  /status?code=N /close /reset /half /ws /trailers\n"
+            "  /slowbody?bytes=N&ms=M[&piece=K] /stats\n"
+            "  /hints (103 Early Hints with Link fields, then 200)\n"
+            "  /static/NAME (file NAME of --static DIR)\n");
 }
 
 int main(int argc, char **argv)
@@ -1571,6 +1663,8 @@ int main(int argc, char **argv)
                     die("--name must be printable ASCII without spaces");
                 }
             }
+        } else if (strcmp(argv[i], "--static") == 0 && i + 1 < argc) {
+            static_dir = argv[++i];
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
