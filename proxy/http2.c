@@ -1045,6 +1045,23 @@ static int h2_on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_
     return 0;
 }
 
+/* h2_on_frame_send: once the response is complete, a request whose client
+ * has not finished sending (a refusal before the body, a tunnel the backend
+ * closed) would keep its stream, and a concurrent-stream slot, until the
+ * client ends it. RFC 9113 §8.1 lets the server end it with RST_STREAM
+ * NO_ERROR. */
+static int h2_on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    (void)user_data;
+    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 &&
+        (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+        nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0) {
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
 static int h2_on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                               void *user_data)
 {
@@ -1082,6 +1099,7 @@ int dm_h2_start(struct dm_conn *c)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2_on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, h2_on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2_on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, h2_on_frame_send);
     nghttp2_session_callbacks_set_send_data_callback(cbs, h2_on_send_data);
     /* WINDOW_UPDATEs follow what the backends take (h2_consume). */
     nghttp2_option_set_no_auto_window_update(opt, 1);

@@ -416,6 +416,21 @@ class H2MoreTest(dmtest.DmTestCase):
         self.assertEqual(w2.recv_ws(), (True, 0x1, b"still here"))
         self.alive()
 
+    def test_complete_response_resets_a_stream_the_client_left_open(self):
+        # The client never ends its side; once the answer is complete doorman frees the
+        # stream with RST_STREAM NO_ERROR (RFC 9113 section 8.1) instead of holding a
+        # concurrent-stream slot until the connection closes.
+        w = self.ws()
+        self.assertEqual(w.open("/status?code=404"), 404)
+        self.assertTrue(w.wait_end())
+        deadline = time.monotonic() + 5
+        while w.reset is None and time.monotonic() < deadline:
+            w._read_one(0.2)
+        self.assertEqual(w.reset, 0, "no RST_STREAM(NO_ERROR) after the complete response")
+        self.d.wait_log(lambda l: '"CONNECT ' in l and '/status?code=404 HTTP/2.0" 404' in l,
+                        what="access line of the reset stream")
+        self.alive()
+
     def test_plain_connect_and_other_protocols_get_501(self):
         w = self.ws()
         self.assertEqual(w.open(protocol=None), 501)
