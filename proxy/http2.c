@@ -41,6 +41,23 @@
 /* Rapid reset (CVE-2023-44487): RST_STREAM frames a client may send per
  * window before GOAWAY ENHANCE_YOUR_CALM. */
 #define H2_RESET_WINDOW_MS 10000
+/* Finished streams a connection keeps for its next ones, with their
+ * buffers: a busy HTTP/2 connection opens streams all the time, and each
+ * new one would otherwise cost a handful of allocations. */
+#if defined(__SANITIZE_ADDRESS__)
+#define H2_STREAM_CACHE 0 /* ASan must see a freed stream's later use */
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define H2_STREAM_CACHE 0
+#endif
+#endif
+#ifndef H2_STREAM_CACHE
+#define H2_STREAM_CACHE 16
+#endif
+/* Response fields and name bytes that fit on the stack when a backend head
+ * is turned into an HTTP/2 field list (nghttp2 copies them). */
+#define H2_NVA_STACK   48
+#define H2_NAMES_STACK 1024
 /* Request trailer bytes kept for a chunked backend request. */
 #define H2_MAX_REQ_TRAILERS 16384
 
@@ -82,6 +99,8 @@ struct dm_h2 {
     nghttp2_session *session; /* owned */
     struct h2_stream *streams;
     int num_streams;
+    struct h2_stream *spare; /* owned: finished streams for reuse (next-linked) */
+    int num_spare;
     uint64_t reset_window_start_ms;
     uint32_t resets_in_window;
     bool goaway_sent;
@@ -102,25 +121,52 @@ static void h2_schedule(struct dm_conn *c)
 
 static struct h2_stream *h2_stream_new(struct dm_conn *c, int32_t id)
 {
-    struct h2_stream *st = calloc(1, sizeof(*st));
-    if (st == NULL) {
-        return NULL;
-    }
-    st->s.out = evbuffer_new();
-    if (st->s.out == NULL) {
-        free(st);
-        return NULL;
+    struct dm_h2 *h = c->h2;
+    struct h2_stream *st = h->spare;
+    if (st != NULL) {
+        /* A spare keeps its (empty) output buffer and header storage. */
+        h->spare = st->next;
+        h->num_spare--;
+        struct evbuffer *out = st->s.out;
+        char *hbuf = st->hbuf;
+        size_t hbuf_cap = st->hbuf_cap;
+        struct h2_field *fields = st->fields;
+        size_t cap_fields = st->cap_fields;
+        memset(st, 0, sizeof(*st));
+        st->s.out = out;
+        st->hbuf = hbuf;
+        st->hbuf_cap = hbuf_cap;
+        st->fields = fields;
+        st->cap_fields = cap_fields;
+    } else {
+        st = calloc(1, sizeof(*st));
+        if (st == NULL) {
+            return NULL;
+        }
+        st->s.out = evbuffer_new();
+        if (st->s.out == NULL) {
+            free(st);
+            return NULL;
+        }
     }
     st->s.c = c;
     st->s.h2_id = id;
     st->s.keep_alive = true;
-    st->next = c->h2->streams;
+    st->next = h->streams;
     if (st->next != NULL) {
         st->next->prev = st;
     }
-    c->h2->streams = st;
-    c->h2->num_streams++;
+    h->streams = st;
+    h->num_streams++;
     return st;
+}
+
+static void h2_stream_destroy(struct h2_stream *st)
+{
+    evbuffer_free(st->s.out);
+    free(st->hbuf);
+    free(st->fields);
+    free(st);
 }
 
 /* h2_stream_free unlinks and frees st; its backend connection is closed. */
@@ -142,7 +188,6 @@ static void h2_stream_free(struct dm_conn *c, struct h2_stream *st)
         st->next->prev = st->prev;
     }
     c->h2->num_streams--;
-    evbuffer_free(st->s.out);
     if (st->s.trailers != NULL) {
         evbuffer_free(st->s.trailers);
     }
@@ -152,9 +197,18 @@ static void h2_stream_free(struct dm_conn *c, struct h2_stream *st)
     if (st->tunnel_early != NULL) {
         evbuffer_free(st->tunnel_early);
     }
-    free(st->hbuf);
-    free(st->fields);
-    free(st);
+    struct dm_h2 *h = c->h2;
+    size_t left = evbuffer_get_length(st->s.out);
+    if (h->num_spare >= H2_STREAM_CACHE || h->failed || h->goaway_sent) {
+        h2_stream_destroy(st);
+        return;
+    }
+    if (left > 0) {
+        evbuffer_drain(st->s.out, left); /* a reset stream's unsent response */
+    }
+    st->next = h->spare;
+    h->spare = st;
+    h->num_spare++;
 }
 
 /* hbuf_add copies p into the stream's header storage. Returns the offset, or
@@ -357,27 +411,48 @@ void dm_h2_respond(struct dm_stream *s, int status, const char *content_type,
 
 /* ---- backend events ---- */
 
-/* h2_head_nva makes the field list of a backend response head: :status, then
- * the fields that may go to an HTTP/2 client, names lower-cased into
- * *out_names. Both arrays are the caller's to free. Returns the count, or 0
- * when out of memory. */
-static size_t h2_head_nva(nghttp2_nv **out_nva, char **out_names, const struct dm_http1_msg *resp,
-                          const char *status_s, bool is_tunnel)
+/* A response head as an HTTP/2 field list. nghttp2 copies the fields when
+ * they are submitted, so they live on the caller's stack unless the head is
+ * unusually large. */
+struct h2_nva {
+    nghttp2_nv *nva; /* nva_stack or owned */
+    char *names;     /* names_stack or owned: lower-cased names */
+    nghttp2_nv nva_stack[H2_NVA_STACK];
+    char names_stack[H2_NAMES_STACK];
+};
+
+static void h2_nva_release(struct h2_nva *v)
+{
+    if (v->nva != v->nva_stack) {
+        free(v->nva);
+    }
+    if (v->names != v->names_stack) {
+        free(v->names);
+    }
+}
+
+/* h2_head_nva fills v with the field list of a backend response head:
+ * :status, then the fields that may go to an HTTP/2 client. Release v with
+ * h2_nva_release. Returns the count, or 0 when out of memory. */
+static size_t h2_head_nva(struct h2_nva *v, const struct dm_http1_msg *resp, const char *status_s,
+                          bool is_tunnel)
 {
     size_t num = 1, names_len = 0;
     for (size_t i = 0; i < resp->num_headers; i++) {
         names_len += resp->headers[i].name_len;
     }
-    nghttp2_nv *nva = malloc((resp->num_headers + 1) * sizeof(*nva));
-    char *names = malloc(names_len + 1);
-    if (nva == NULL || names == NULL) {
-        free(nva);
-        free(names);
+    v->nva = resp->num_headers + 1 <= H2_NVA_STACK
+                 ? v->nva_stack
+                 : malloc((resp->num_headers + 1) * sizeof(*v->nva));
+    v->names = names_len + 1 <= H2_NAMES_STACK ? v->names_stack : malloc(names_len + 1);
+    if (v->nva == NULL || v->names == NULL) {
+        h2_nva_release(v);
         return 0;
     }
+    nghttp2_nv *nva = v->nva;
     nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status_s, 7, strlen(status_s),
                           NGHTTP2_NV_FLAG_NONE};
-    char *np = names;
+    char *np = v->names;
     for (size_t i = 0; i < resp->num_headers; i++) {
         const struct dm_http1_header *h = &resp->headers[i];
         if (!dm_resp_header_forwarded(h, resp)) {
@@ -389,8 +464,6 @@ static size_t h2_head_nva(nghttp2_nv **out_nva, char **out_names, const struct d
         nva[num++] = nv_lower(np, h->name, h->name_len, h->value, h->value_len);
         np += h->name_len;
     }
-    *out_nva = nva;
-    *out_names = names;
     return num;
 }
 
@@ -407,19 +480,17 @@ static void h2_relay_interim(struct h2_stream *st, const struct dm_http1_msg *re
     }
     char status_s[8];
     snprintf(status_s, sizeof(status_s), "%d", resp->status);
-    nghttp2_nv *nva;
-    char *names;
-    size_t num = h2_head_nva(&nva, &names, resp, status_s, false);
+    struct h2_nva nv;
+    size_t num = h2_head_nva(&nv, resp, status_s, false);
     if (num == 0) {
         return; /* interim answers are optional: drop it */
     }
-    if (nghttp2_submit_headers(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id, NULL, nva, num, NULL) <
-        0) {
+    if (nghttp2_submit_headers(c->h2->session, NGHTTP2_FLAG_NONE, s->h2_id, NULL, nv.nva, num,
+                               NULL) < 0) {
         DM_LOG_DBG("http2", "c=%llu stream=%d: cannot relay %d", (unsigned long long)c->id,
                    (int)s->h2_id, resp->status);
     }
-    free(nva);
-    free(names);
+    h2_nva_release(&nv);
     h2_schedule(c);
 }
 
@@ -436,9 +507,8 @@ static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp
                            struct evbuffer *resp_buf, size_t head_len)
 {
     struct dm_stream *s = &st->s;
-    nghttp2_nv *nva;
-    char *names;
-    size_t num = h2_head_nva(&nva, &names, resp, "200", true);
+    struct h2_nva nv;
+    size_t num = h2_head_nva(&nv, resp, "200", true);
     if (num == 0) {
         evbuffer_drain(resp_buf, head_len);
         dm_h2_on_upstream_error(s, 502, "out of memory");
@@ -447,9 +517,8 @@ static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp
     s->status = 200;
     s->resp_started = true;
     st->tunnel_open = true;
-    int rv = h2_submit_response(st, nva, num, true);
-    free(nva);
-    free(names);
+    int rv = h2_submit_response(st, nv.nva, num, true);
+    h2_nva_release(&nv);
     evbuffer_drain(resp_buf, head_len); /* after: the field values point into it */
     if (rv != 0) {
         dm_h2_on_upstream_error(s, 502, "cannot submit the response");
@@ -539,11 +608,12 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
         evbuffer_drain(st->tunnel_early, evbuffer_get_length(st->tunnel_early));
         h2_consume(st);
     }
-    char status_s[8];
-    snprintf(status_s, sizeof(status_s), "%d", resp->status);
-    nghttp2_nv *nva;
-    char *names;
-    size_t num = h2_head_nva(&nva, &names, resp, status_s, false);
+    /* Statuses are three digits (the parsers check): no printf per response. */
+    int code = resp->status >= 100 && resp->status <= 999 ? resp->status : 502;
+    char status_s[4] = {(char)('0' + code / 100), (char)('0' + code / 10 % 10),
+                        (char)('0' + code % 10), '\0'};
+    struct h2_nva nv;
+    size_t num = h2_head_nva(&nv, resp, status_s, false);
     if (num == 0) {
         evbuffer_drain(resp_buf, head_len);
         s->resp_started = false;
@@ -555,9 +625,8 @@ void dm_h2_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp
         s->dechunk = true;
         s->trailers = evbuffer_new();
     }
-    int rv = h2_submit_response(st, nva, num, has_body);
-    free(nva);
-    free(names);
+    int rv = h2_submit_response(st, nv.nva, num, has_body);
+    h2_nva_release(&nv);
     evbuffer_drain(resp_buf, head_len);
     if (rv != 0) {
         dm_h2_on_upstream_error(s, 502, "cannot submit the response");
@@ -1270,6 +1339,11 @@ void dm_h2_free(struct dm_conn *c)
             st->s.status = st->s.status ? st->s.status : 499;
         }
         h2_stream_free(c, st);
+    }
+    while (h->spare != NULL) {
+        struct h2_stream *st = h->spare;
+        h->spare = st->next;
+        h2_stream_destroy(st);
     }
     nghttp2_session_del(h->session);
     free(h);
