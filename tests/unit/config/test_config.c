@@ -381,8 +381,9 @@ TEST(test_bad_types)
                     "sites[0].hosts: expected an array of strings, got object");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\", 7], \"to\": \"127.0.0.1:1\"}",
                     "sites[0].hosts[1]: expected a string, got integer");
-    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": 8080}",
-                    "sites[0].to: expected a string or an array of strings, got integer");
+    EXPECT_BAD_SITE(
+        "{\"hosts\": [\"a.test\"], \"to\": 8080}",
+        "sites[0].to: expected a string or an array of strings or objects, got integer");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", null]}",
                     "sites[0].to[1]: expected a string, got null");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": true}",
@@ -520,6 +521,58 @@ TEST(test_problem_cap)
     free(json);
 }
 
+/* Site backends as objects and the upstream section: values, defaults, and
+ * problems that name their path. */
+TEST(test_upstream)
+{
+    struct cfg *c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", "
+                         "{\"address\": \"127.0.0.1:2\", \"weight\": 3, \"max_connections\": 5}], "
+                         "\"upstream\": {\"policy\": \"least_conn\", \"max_connections\": 7, "
+                         "\"tls\": {}, \"protocol\": \"h2c\", "
+                         "\"health_check\": {\"path\": \"/h\", \"status\": 204}, "
+                         "\"passive\": {\"statuses\": [502, 503]}}}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        const struct cfg_site *s = &c->sites[0];
+        CHECK_EQ_INT(s->num_to, 2);
+        CHECK_EQ_INT(s->to_opts[0].weight, 1);
+        CHECK_EQ_INT(s->to_opts[0].max_connections, 7);
+        CHECK_EQ_INT(s->to_opts[1].weight, 3);
+        CHECK_EQ_INT(s->to_opts[1].max_connections, 5);
+        CHECK_EQ_INT(s->upstream.policy, CFG_LB_LEAST_CONN);
+        CHECK_EQ_INT(s->upstream.retries, 2);
+        CHECK_EQ_INT(s->upstream.queue_timeout_ms, 3000);
+        CHECK_STR(s->upstream.cookie, "doorman_upstream");
+        CHECK_STR(s->upstream.health.path, "/h");
+        CHECK_EQ_INT(s->upstream.health.status_min, 204);
+        CHECK_EQ_INT(s->upstream.health.interval_ms, 5000);
+        CHECK_EQ_INT(s->upstream.passive.fails, 3);
+        CHECK(s->upstream.passive.statuses[0] == ((1ull << 2) | (1ull << 3)));
+    }
+    cfg_unref(c);
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"policy\": \"foo\"}}",
+                    "sites[0].upstream.policy: \"foo\" is not one of round_robin, least_conn, "
+                    "random_two, ip_hash, cookie");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [{\"address\": \"127.0.0.1:1\", "
+                    "\"weight\": 0}]}",
+                    "sites[0].to[0].weight: must be 1..100, got 0");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [{\"weight\": 2}]}",
+                    "sites[0].to[0].address: required key is missing");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"health_check\": {\"interval\": \"1s\"}}}",
+                    "sites[0].upstream.health_check.path: required key is missing (the path to "
+                    "probe, e.g. \"/healthz\")");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"passive\": {\"statuses\": [404]}}}",
+                    "sites[0].upstream.passive.statuses[0]: must be 500..599, got 404");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"polcy\": \"ip_hash\"}}",
+                    "sites[0].upstream.polcy: unknown key (did you mean \"policy\"?)");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", \"127.0.0.1:1\"]}",
+                    "sites[0].to[1]: \"127.0.0.1:1\" is listed twice (use \"weight\" instead)");
+}
+
 TEST(test_unknown_keys)
 {
     EXPECT_BAD_ROOT("\"https-port\": 443",
@@ -536,8 +589,8 @@ TEST(test_unknown_keys)
                     "local_ca.lifetme: unknown key (did you mean \"lifetime\"?)");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"host\": [\"b.test\"]}",
                     "sites[0].host: unknown key (did you mean \"hosts\"?)");
-    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": \"x\"}",
-                    "sites[0].upstream: unknown key");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstreams\": \"x\"}",
+                    "sites[0].upstreams: unknown key (did you mean \"upstream\"?)");
     char json[512];
     snprintf(json, sizeof(json),
              "{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": "
@@ -1670,7 +1723,7 @@ TEST(test_http2)
 HARNESS_MAIN(T(test_setup), T(test_admin_and_ip_limits), T(test_minimal_defaults),
              T(test_acme_sites), T(test_quick_default_issuer), T(test_full_config),
              T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
-             T(test_problem_cap), T(test_unknown_keys), T(test_duplicate_hosts),
+             T(test_problem_cap), T(test_unknown_keys), T(test_upstream), T(test_duplicate_hosts),
              T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
              T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
              T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
