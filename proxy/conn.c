@@ -1090,7 +1090,7 @@ void dm_h1_on_upstream_error(struct dm_conn *c, int status, const char *why)
     }
     char body[64];
     snprintf(body, sizeof(body), "%d %s\n", status, dm_status_text(status));
-    conn_respond(c, status, NULL, body, !c->r.req_body_done);
+    conn_respond(c, status, c->r.error_headers, body, !c->r.req_body_done);
     if (!c->closed && c->state == DM_CONN_IDLE) {
         conn_resume_read(c);
         conn_process(c);

@@ -593,9 +593,10 @@ class Env:
         self.procs.append(p)
         return p
 
-    def backend(self, name, listen="127.0.0.1:0", timeout=10.0):
+    def backend(self, name, listen="127.0.0.1:0", timeout=10.0, extra_args=()):
         """Starts dm_test_backend --name name; waits for its ready line."""
-        p = self.spawn(f"backend-{name}", [backend_bin(), "--listen", listen, "--name", name])
+        p = self.spawn(f"backend-{name}", [backend_bin(), "--listen", listen, "--name", name,
+                                            *extra_args])
 
         def ready():
             if not p.alive():
