@@ -166,8 +166,8 @@ void dm_backend_set_active(struct dm_backend *b, bool is_up, const char *why)
             backend_set_reason(b, "");
             /* Active checks decide now: a passive mark ends with them. */
             atomic_store(&b->down_until_ms, 0);
-            dm_log(DM_LOG_INFO, "upstream", "backend %s of site %s is up: %s", b->address,
-                   b->label, why);
+            dm_log(DM_LOG_INFO, "upstream", "backend %s of site %s is up: %s", b->address, b->label,
+                   why);
         }
     } else if (was) {
         backend_set_reason(b, why);

@@ -78,23 +78,23 @@ const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host,
 
 struct dm_backend {
     atomic_int refs;
-    char *site;      /* owned: the site's key (its hosts, comma-separated; "*" if none) */
-    char *label;     /* owned: the site's first host (metrics label, logs) */
-    char *address;   /* owned: as written in "to" */
-    char id[17];     /* opaque cookie value naming this backend (hex, no address) */
-    uint64_t hash;   /* the same as a number (ip_hash) */
-    atomic_bool active_up;             /* active checks (true when none run) */
-    atomic_uint_fast64_t down_until_ms; /* passive: no traffic before (mono ms) */
-    atomic_uint passive_fails;          /* failures in the current window */
+    char *site;            /* owned: the site's key (its hosts, comma-separated; "*" if none) */
+    char *label;           /* owned: the site's first host (metrics label, logs) */
+    char *address;         /* owned: as written in "to" */
+    char id[17];           /* opaque cookie value naming this backend (hex, no address) */
+    uint64_t hash;         /* the same as a number (ip_hash) */
+    atomic_bool active_up; /* active checks (true when none run) */
+    atomic_uint_fast64_t down_until_ms;     /* passive: no traffic before (mono ms) */
+    atomic_uint passive_fails;              /* failures in the current window */
     atomic_uint_fast64_t passive_window_ms; /* window start (mono ms) */
-    atomic_int in_flight;               /* requests holding a slot, all workers */
-    atomic_uint_fast64_t requests;      /* attempts sent to it */
-    atomic_uint_fast64_t failures;      /* failed attempts (connect, reset, timeout, status) */
-    atomic_uint_fast64_t last_check_s;  /* wall time of the last active check, 0 = none */
-    atomic_int last_check_status;       /* its HTTP status, 0 = no response */
-    pthread_mutex_t reason_lock;        /* guards reason (transitions and admin only) */
-    char reason[DM_BACKEND_REASON_MAX]; /* why it is down; "" when up */
-    struct dm_backend *next;            /* registry list */
+    atomic_int in_flight;                   /* requests holding a slot, all workers */
+    atomic_uint_fast64_t requests;          /* attempts sent to it */
+    atomic_uint_fast64_t failures;          /* failed attempts (connect, reset, timeout, status) */
+    atomic_uint_fast64_t last_check_s;      /* wall time of the last active check, 0 = none */
+    atomic_int last_check_status;           /* its HTTP status, 0 = no response */
+    pthread_mutex_t reason_lock;            /* guards reason (transitions and admin only) */
+    char reason[DM_BACKEND_REASON_MAX];     /* why it is down; "" when up */
+    struct dm_backend *next;                /* registry list */
 };
 
 /* dm_backend_get returns a new reference to the record of (site, address),
@@ -122,11 +122,11 @@ uint64_t dm_mono_ms(void);
 struct dm_pool {
     const struct cfg_site *site; /* borrowed from the generation's cfg */
     size_t num;
-    struct dm_backend **be;   /* refs, num entries, in "to" order */
-    char **set_cookie;        /* owned: "NAME=ID; Path=/; HttpOnly; Secure" per backend */
-    uint16_t *sched;          /* owned: smooth weighted round-robin order of indexes */
+    struct dm_backend **be; /* refs, num entries, in "to" order */
+    char **set_cookie;      /* owned: "NAME=ID; Path=/; HttpOnly; Secure" per backend */
+    uint16_t *sched;        /* owned: smooth weighted round-robin order of indexes */
     uint32_t sched_len;
-    atomic_uint cursor;       /* shared by the workers */
+    atomic_uint cursor; /* shared by the workers */
 };
 
 /* Results of dm_pool_pick besides a backend index. */
@@ -154,9 +154,9 @@ void dm_pool_release(struct dm_backend *b);
 
 /* ---- Active health checks (health.c): one thread with its own loop. */
 int dm_health_start(void);
-/* dm_health_update makes the probes follow g's sites (called by the
- * control thread after each new generation). */
-void dm_health_update(struct dm_gen *g);
+/* dm_health_update makes the probes follow cfg's sites (called by the
+ * control thread for each config it publishes; starts the thread). */
+void dm_health_update(struct cfg *cfg);
 void dm_health_stop(void);
 
 /* Process-wide state every worker reads (set up before workers start). */

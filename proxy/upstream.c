@@ -503,7 +503,10 @@ static void queue_on_wake(evutil_socket_t fd, short what, void *arg)
 /* queue_on_timer: a queued request's poll or deadline. */
 static void queue_on_timer(struct dm_upstream_conn *u)
 {
-    if (queue_try(u)) {
+    /* The whole queue in order: a slot freed a moment ago belongs to the
+     * oldest waiter, not to the one whose poll came first. */
+    queue_run(u->w);
+    if (u->closed || !u->queued) {
         return;
     }
     uint64_t now = dm_time_mono_us();
@@ -661,7 +664,8 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
     }
-    if (!reusable || u->state == UP_QUEUED || u->pool == NULL || u->eof || evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
+    if (!reusable || u->state == UP_QUEUED || u->pool == NULL || u->eof ||
+        evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
         u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
         up_close(u);
         return;
@@ -809,8 +813,7 @@ static bool up_retry_other(struct dm_upstream_conn *u)
     up_close(u); /* gives back the failed backend's slot */
     dm_log(DM_LOG_INFO, "upstream", "c=%llu %s %s%s: retrying on %s after %s failed",
            (unsigned long long)st->c->id, st->method, st->host, st->path,
-           i >= 0 ? st->site->to[i].text : "the queue",
-           prev >= 0 ? st->site->to[prev].text : "-");
+           i >= 0 ? st->site->to[i].text : "the queue", prev >= 0 ? st->site->to[prev].text : "-");
     if (head == NULL || dm_upstream_start(st, i >= 0 ? &st->site->to[i] : NULL, head) != 0) {
         if (head != NULL) {
             evbuffer_free(head);

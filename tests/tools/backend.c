@@ -1552,13 +1552,14 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dm_test_backend --listen ADDR [--listen ADDR]... [--name NAME] [--delay MS]\n"
-               "  ADDR: 127.0.0.1:PORT, [::1]:PORT or unix:/path (PORT 0 picks a free port)\n"
-               "  --delay MS: /hello answers after MS ms (a slow backend)\n"
-               "  prints \"ready PORT...\" on stdout once listening; exits 0 on SIGTERM/SIGINT\n"
-               "endpoints: /hello /echo /headers /bytes?n=N[&chunked=1] /sum /delay?ms=N\n"
-               "  /status?code=N /close /reset /half /ws /trailers\n"
-               "  /slowbody?bytes=N&ms=M[&piece=K] /stats\n");
+    fprintf(f,
+            "usage: dm_test_backend --listen ADDR [--listen ADDR]... [--name NAME] [--delay MS]\n"
+            "  ADDR: 127.0.0.1:PORT, [::1]:PORT or unix:/path (PORT 0 picks a free port)\n"
+            "  --delay MS: /hello answers after MS ms (a slow backend)\n"
+            "  prints \"ready PORT...\" on stdout once listening; exits 0 on SIGTERM/SIGINT\n"
+            "endpoints: /hello /echo /headers /bytes?n=N[&chunked=1] /sum /delay?ms=N\n"
+            "  /status?code=N /close /reset /half /ws /trailers\n"
+            "  /slowbody?bytes=N&ms=M[&piece=K] /stats\n");
 }
 
 int main(int argc, char **argv)
