@@ -56,6 +56,8 @@ class UpstreamsTest(dmtest.DmTestCase):
                                "fails": 1}),
             site("q.test", [{"address": cls.qslow.addr, "max_connections": 1}],
                  queue_timeout="1500ms"),
+            site("retry.test", [cls.dead[1], addrs[1]], passive={"fails": 0}),
+            site("close.test", [addrs[0], addrs[2]], passive={"fails": 0}),
             site("pas.test", [addrs[0], cls.dead[0]],
                  passive={"fails": 2, "window": "10s", "down_for": "30s"}),
         ])
@@ -202,6 +204,52 @@ class UpstreamsTest(dmtest.DmTestCase):
                                                   site="pas.test", backend=self.b[0].addr), 8)
         self.assertIn(("doorman_backend_in_flight",
                        frozenset({"site": "pas.test", "backend": self.b[0].addr}.items())), m)
+
+    def test_retry_rules(self):
+        # Connect refused: nothing was sent, so even a request with a body moves on.
+        body = dmtest.pattern(3000)
+        for _ in range(6):
+            with self.d.connect("retry.test") as s:
+                s.sendall(request_bytes("POST", "/echo", "retry.test",
+                                        [("Content-Length", str(len(body))),
+                                         ("Connection", "close")], body))
+                r = read_response(s.makefile("rb"))
+            self.assertEqual((r.status, r.body), (200, body))
+            self.assertEqual(r.header("X-Backend"), "b2")
+        # Closed before any response byte: a GET is retried on the other backend...
+        before = [self.b[0].stats()["requests"], self.b[2].stats()["requests"]]
+        self.assertEqual(get(self.d, "close.test", "/close").status, 502)
+        after = [self.b[0].stats()["requests"], self.b[2].stats()["requests"]]
+        self.assertEqual([a - b for a, b in zip(after, before)], [1, 1])
+        # ...a request whose body went out is not sent twice.
+        with self.d.connect("close.test") as s:
+            s.sendall(request_bytes("POST", "/close", "close.test",
+                                    [("Content-Length", "5"), ("Connection", "close")],
+                                    b"hello"))
+            r = read_response(s.makefile("rb"))
+        self.assertEqual(r.status, 502)
+        final = [self.b[0].stats()["requests"], self.b[2].stats()["requests"]]
+        self.assertEqual(sum(final) - sum(after), 1)
+
+    def test_reload_keeps_backend_state(self):
+        self.names("rr.test", 6)
+        before = {b["address"]: b for b in self.upstreams()[("rr.test",)]["backends"]}
+        code, body = test_admin.curl_unix(self.sock, "/load", "--data-binary",
+                                          f"@{self.d.config_path}", method="POST")
+        self.assertEqual(code, 200, body)
+        after = {b["address"]: b for b in self.upstreams()[("rr.test",)]["backends"]}
+        for addr, b in before.items():
+            self.assertGreaterEqual(after[addr]["requests"], b["requests"], addr)
+            self.assertGreaterEqual(after[addr]["requests"], 2, addr)
+        # Backends marked down by the checks stay down through the reload.
+        dmtest.wait_until(lambda: not any(b["healthy"] for b in
+                                          self.upstreams()[("down.test",)]["backends"]),
+                          10, what="down.test backends marked down")
+        code, body = test_admin.curl_unix(self.sock, "/load", "--data-binary",
+                                          f"@{self.d.config_path}", method="POST")
+        self.assertEqual(code, 200, body)
+        self.assertFalse(any(b["healthy"] for b in self.upstreams()[("down.test",)]["backends"]))
+        self.assertEqual(get(self.d, "down.test").status, 503)
 
     def test_upstreams_json(self):
         self.names("rr.test", 3)
