@@ -749,6 +749,7 @@ static bool up_try_retry(struct dm_upstream_conn *u)
         }
         return false;
     }
+    up_keep_head(n, st, head); /* it may still move to another backend */
     up_attach(n, st, head);
     n->be = be;
     evbuffer_free(head);

@@ -220,7 +220,10 @@ class UpstreamsTest(dmtest.DmTestCase):
         before = [self.b[0].stats()["requests"], self.b[2].stats()["requests"]]
         self.assertEqual(get(self.d, "close.test", "/close").status, 502)
         after = [self.b[0].stats()["requests"], self.b[2].stats()["requests"]]
-        self.assertEqual([a - b for a, b in zip(after, before)], [1, 1])
+        # Each may see it twice: a pooled connection that closes without answering is first
+        # retried on a fresh connection to the same backend (it may just have been stale).
+        self.assertIn(after[0] - before[0], (1, 2))
+        self.assertIn(after[1] - before[1], (1, 2))
         # ...a request whose body went out is not sent twice.
         with self.d.connect("close.test") as s:
             s.sendall(request_bytes("POST", "/close", "close.test",
