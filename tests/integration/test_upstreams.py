@@ -138,6 +138,14 @@ class UpstreamsTest(dmtest.DmTestCase):
         self.assertRegex(out, r"^HTTP/2 200")
         self.assertRegex(out, r"(?im)^set-cookie: sticky=[0-9a-f]{16}; Path=/; HttpOnly; Secure")
 
+    def test_retry_over_http2(self):
+        # Streams go through the same request path: a refused backend is skipped.
+        for _ in range(4):
+            r = self.d.curl("retry.test", "/hello", "--http2", "-D", "-")
+            out = dmtest.text(r.stdout)
+            self.assertRegex(out, r"^HTTP/2 200")
+            self.assertRegex(out, r"(?im)^x-backend: b2")
+
     def test_random_two_covers_all(self):
         c = collections.Counter(self.names("r2.test", 60))
         self.assertEqual(set(c), {"b1", "b2", "b3"}, c)
