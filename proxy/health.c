@@ -317,7 +317,10 @@ static void set_build(struct probe_set *s, struct cfg *cfg, const struct probe_s
             int len = snprintf(p->req, sizeof(p->req),
                                "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: doorman-health-check\r\n"
                                "Connection: close\r\n\r\n",
-                               h->path, h->host != NULL ? h->host : p->addr->text);
+                               h->path,
+                               h->host != NULL                  ? h->host
+                               : p->addr->kind == CFG_ADDR_UNIX ? "localhost"
+                                                                : p->addr->text);
             p->req_len = len > 0 && (size_t)len < sizeof(p->req) ? (size_t)len : 0;
             p->tick = event_new(hc.base, -1, EV_PERSIST, probe_on_tick, p);
             p->tmo = evtimer_new(hc.base, probe_on_timeout, p);
