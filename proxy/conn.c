@@ -739,6 +739,9 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         } else if (c->state == DM_CONN_PROXY && !c->r.req_body_done) {
             /* The client went away mid-body: nothing useful can follow. */
             dm_conn_close(c);
+        } else if (c->state == DM_CONN_PROXY && c->r.up != NULL && dm_upstream_is_queued(c->r.up)) {
+            /* Gone while waiting for a backend slot: leave the queue. */
+            dm_conn_close(c);
         } else {
             event_del(&c->rev);
         }

@@ -446,6 +446,8 @@ void dm_upstream_pause(struct dm_upstream_conn *u);
  * (or pooled if reusable and the exchange completed). */
 void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);
 void dm_upstream_pools_free(struct dm_worker *w);
+/* dm_upstream_is_queued: u still waits for a backend slot (no connection). */
+bool dm_upstream_is_queued(const struct dm_upstream_conn *u);
 /* dm_request_pick chooses the backend of s's next attempt in s->pool:
  * returns an index, DM_PICK_DOWN or DM_PICK_FULL (request.c). */
 int dm_request_pick(struct dm_stream *s);

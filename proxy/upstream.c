@@ -442,6 +442,11 @@ static void queue_remove(struct dm_upstream_conn *u)
     u->q_next = u->q_prev = NULL;
 }
 
+bool dm_upstream_is_queued(const struct dm_upstream_conn *u)
+{
+    return u->queued;
+}
+
 static void queue_schedule(struct dm_worker *w)
 {
     if (w->queue_head != NULL && w->queue_ev != NULL) {

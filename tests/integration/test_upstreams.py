@@ -191,6 +191,29 @@ class UpstreamsTest(dmtest.DmTestCase):
         self.assertLess(out[2][1], 1.9, out)
         self.assertEqual(out[2][2], "1")
 
+    def test_queued_client_that_leaves_is_removed(self):
+        out = {}
+
+        def one(i):
+            t0 = time.monotonic()
+            r = get(self.d, "q.test", timeout=20)
+            out[i] = (r.status, time.monotonic() - t0)
+        first = threading.Thread(target=one, args=(0,))
+        first.start()
+        time.sleep(0.15)
+        with self.d.connect("q.test") as s:  # queued, then gone
+            s.sendall(request_bytes("GET", "/hello", "q.test", [("Connection", "close")]))
+            time.sleep(0.2)
+        third = threading.Thread(target=one, args=(2,))
+        third.start()
+        first.join()
+        third.join()
+        # The one that left must not take the slot: the third gets it when the first ends.
+        self.assertEqual(out[0][0], 200, out)
+        self.assertEqual(out[2][0], 200, out)
+        dmtest.wait_until(lambda: self.upstreams()[("q.test",)]["backends"][0]["in_flight"] == 0,
+                          5, what="slot given back")
+
     def test_passive_marks_a_refusing_backend_down(self):
         names = self.names("pas.test", 8)  # every one succeeds: retried on b1
         self.assertEqual(set(names), {"b1"})
