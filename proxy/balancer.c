@@ -225,12 +225,16 @@ static int pick_scan(struct dm_pool *p, size_t start, bool least, const struct d
 
 static int pick_round_robin(struct dm_pool *p, const struct dm_pick_in *in, uint64_t now_ms)
 {
-    uint32_t c = atomic_fetch_add_explicit(&p->cursor, 1, memory_order_relaxed);
-    size_t i = p->sched[c % p->sched_len];
-    if (pool_state(p, i, in, now_ms) == PICK_OK && pool_take(p, i)) {
-        return (int)i;
+    size_t i = 0;
+    for (size_t k = 0; k < p->num; k++) {
+        uint32_t c = atomic_fetch_add_explicit(&p->cursor, 1, memory_order_relaxed);
+        i = p->sched[c % p->sched_len];
+        if (pool_state(p, i, in, now_ms) == PICK_OK && pool_take(p, i)) {
+            return (int)i;
+        }
+        /* Its turn's backend cannot: the schedule's next turn, so that the
+         * others share its requests by their weights. */
     }
-    /* Its turn's backend cannot: the next usable one takes the request. */
     return pick_scan(p, i + 1, false, in, now_ms);
 }
 
