@@ -151,9 +151,25 @@ static bool cfg_equal(const struct cfg *a, const struct cfg *b)
             }
         }
         for (size_t j = 0; j < x->num_to; j++) {
-            if (!addr_eq(&x->to[j], &y->to[j])) {
+            if (!addr_eq(&x->to[j], &y->to[j]) || x->to_opts[j].weight != y->to_opts[j].weight ||
+                x->to_opts[j].max_connections != y->to_opts[j].max_connections) {
                 return false;
             }
+        }
+        const struct cfg_upstream *ux = &x->upstream, *uy = &y->upstream;
+        if (ux->policy != uy->policy || !str_eq(ux->cookie, uy->cookie) ||
+            ux->retries != uy->retries || ux->retry_timeout_ms != uy->retry_timeout_ms ||
+            ux->max_connections != uy->max_connections ||
+            ux->queue_timeout_ms != uy->queue_timeout_ms ||
+            !str_eq(ux->health.path, uy->health.path) ||
+            !str_eq(ux->health.host, uy->health.host) ||
+            ux->health.interval_ms != uy->health.interval_ms ||
+            ux->health.timeout_ms != uy->health.timeout_ms ||
+            ux->health.status_min != uy->health.status_min ||
+            ux->health.status_max != uy->health.status_max ||
+            ux->health.fails != uy->health.fails || ux->health.passes != uy->health.passes ||
+            memcmp(&ux->passive, &uy->passive, sizeof(ux->passive)) != 0) {
+            return false;
         }
     }
     return true;
@@ -548,6 +564,23 @@ TEST(test_upstream)
         CHECK_EQ_INT(s->upstream.health.interval_ms, 5000);
         CHECK_EQ_INT(s->upstream.passive.fails, 3);
         CHECK(s->upstream.passive.statuses[0] == ((1ull << 2) | (1ull << 3)));
+        round_trip(c);
+    }
+    cfg_unref(c);
+    c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", \"127.0.0.1:2\"], "
+             "\"upstream\": {\"policy\": \"cookie\", \"cookie\": \"s\", \"retries\": 1, "
+             "\"retry_timeout\": \"1500ms\", \"queue_timeout\": \"0s\", "
+             "\"health_check\": {\"path\": \"/h\", \"status\": \"3xx\", \"host\": \"x.test\", "
+             "\"interval\": \"1s\", \"timeout\": \"1s\", \"fails\": 4, \"passes\": 5}, "
+             "\"passive\": {\"fails\": 0, \"statuses\": [599, 500]}}}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->sites[0].upstream.retries, 1);
+        CHECK_EQ_INT(c->sites[0].upstream.health.status_min, 300);
+        CHECK_EQ_INT(c->sites[0].upstream.health.status_max, 399);
+        round_trip(c);
+    } else {
+        print_problems();
     }
     cfg_unref(c);
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
