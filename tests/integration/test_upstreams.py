@@ -191,6 +191,21 @@ class UpstreamsTest(dmtest.DmTestCase):
         self.assertLess(out[2][1], 1.9, out)
         self.assertEqual(out[2][2], "1")
 
+    def test_queue_over_http2(self):
+        # Three streams of one HTTP/2 connection: one runs, one waits its turn, one gives up.
+        url = f"https://q.test:{self.d.https_port}/hello"
+        r = dmtest.run([dmtest.require_tool("curl", "curl"), "-sS", "--http2", "--cacert",
+                        self.d.ca(), "--resolve", f"q.test:{self.d.https_port}:127.0.0.1",
+                        "--parallel", "--parallel-max", "3",
+                        "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                        "-w", "%{http_code} %{http_version} %{num_connects}\n", url, url, url],
+                       timeout=30)
+        lines = dmtest.text(r.stdout).split("\n")[:3]
+        codes = sorted(line.split()[0] + " " + line.split()[1] for line in lines)
+        self.assertEqual(codes, ["200 2", "200 2", "503 2"], dmtest.text(r.stderr))
+        # One connection carried the three streams (the others reused it).
+        self.assertEqual(sorted(int(line.split()[2]) for line in lines), [0, 0, 1], lines)
+
     def test_queued_client_that_leaves_is_removed(self):
         out = {}
 
