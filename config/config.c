@@ -179,6 +179,7 @@ static void cfg_free(struct cfg *c)
             cfg_addr_cleanup(&s->to[j]);
         }
         free(s->to);
+        cfg_upstream_cleanup(s);
         free(s->cert_file);
         free(s->key_file);
         cfg_acme_free(s->acme);
@@ -388,6 +389,55 @@ static json_t *dump_ondemand(const struct cfg_ondemand *d, bool *is_failed)
     return o;
 }
 
+static json_t *dump_upstream(const struct cfg_upstream *u, bool *is_failed)
+{
+    json_t *o = json_object();
+    if (o == NULL) {
+        *is_failed = true;
+        return NULL;
+    }
+    put(o, "policy", json_string(cfg_upstream_policy_name(u->policy)), is_failed);
+    put(o, "cookie", json_string(u->cookie), is_failed);
+    put(o, "retries", json_integer(u->retries), is_failed);
+    put(o, "retry_timeout", duration_json(u->retry_timeout_ms), is_failed);
+    put(o, "max_connections", json_integer(u->max_connections), is_failed);
+    put(o, "queue_timeout", duration_json(u->queue_timeout_ms), is_failed);
+    const struct cfg_health_check *h = &u->health;
+    if (h->path != NULL) {
+        json_t *hc = json_object();
+        put(hc, "path", json_string(h->path), is_failed);
+        put(hc, "interval", duration_json(h->interval_ms), is_failed);
+        put(hc, "timeout", duration_json(h->timeout_ms), is_failed);
+        if (h->status_min == h->status_max) {
+            put(hc, "status", json_integer(h->status_min), is_failed);
+        } else {
+            char cls[8];
+            snprintf(cls, sizeof(cls), "%dxx", h->status_min / 100);
+            put(hc, "status", json_string(cls), is_failed);
+        }
+        put(hc, "fails", json_integer(h->fails), is_failed);
+        put(hc, "passes", json_integer(h->passes), is_failed);
+        if (h->host != NULL) {
+            put(hc, "host", json_string(h->host), is_failed);
+        }
+        put(o, "health_check", hc, is_failed);
+    }
+    const struct cfg_passive *p = &u->passive;
+    json_t *pv = json_object();
+    json_t *st = json_array();
+    put(pv, "fails", json_integer(p->fails), is_failed);
+    put(pv, "window", duration_json(p->window_ms), is_failed);
+    put(pv, "down_for", duration_json(p->down_for_ms), is_failed);
+    for (int i = 0; i < 100; i++) {
+        if (p->statuses[i / 64] & (1ull << (i % 64))) {
+            push(st, json_integer(500 + i), is_failed);
+        }
+    }
+    put(pv, "statuses", st, is_failed);
+    put(o, "passive", pv, is_failed);
+    return o;
+}
+
 static json_t *dump_site(const struct cfg_site *s, bool is_redacted, bool *is_failed)
 {
     json_t *o = json_object();
@@ -404,10 +454,20 @@ static json_t *dump_site(const struct cfg_site *s, bool is_redacted, bool *is_fa
         push(hosts, json_string(s->hosts[i]), is_failed);
     }
     for (size_t i = 0; i < s->num_to; i++) {
-        push(to, json_string(s->to[i].text), is_failed);
+        const struct cfg_backend_opts *bo = s->to_opts != NULL ? &s->to_opts[i] : NULL;
+        if (bo == NULL || (bo->weight == 1 && bo->max_connections == s->upstream.max_connections)) {
+            push(to, json_string(s->to[i].text), is_failed);
+            continue;
+        }
+        json_t *item = json_object();
+        put(item, "address", json_string(s->to[i].text), is_failed);
+        put(item, "weight", json_integer(bo->weight), is_failed);
+        put(item, "max_connections", json_integer(bo->max_connections), is_failed);
+        push(to, item, is_failed);
     }
     put(o, "hosts", hosts, is_failed);
     put(o, "to", to, is_failed);
+    put(o, "upstream", dump_upstream(&s->upstream, is_failed), is_failed);
     if (s->tls == CFG_TLS_FILES) {
         json_t *tls = json_object();
         if (tls != NULL) {

@@ -54,6 +54,8 @@ struct cfg_quick {
     const char *ask;
     const char **allow;
     size_t num_allow;
+    const char *lb_policy;   /* --lb-policy: upstream.policy; may be NULL */
+    const char *health_path; /* --health-path: upstream.health_check.path; may be NULL */
 };
 
 /* The ACME CA a public name gets from `doorman reverse-proxy` without --ca. */

@@ -74,4 +74,32 @@ int cfg_cidr_format(char *out, size_t cap, const struct cfg_cidr *c);
  * ("90s", "7d", "250ms"), so parsing the text gives ms back. */
 void cfg_duration_format(char *out, size_t cap, uint64_t ms);
 
+/* The walk of validate.c (paths and problems), for the section readers in
+ * other files of the module (validate_upstream.c). */
+struct check;
+size_t cfg_check_push_key(struct check *k, const char *key);
+size_t cfg_check_push_index(struct check *k, size_t i);
+void cfg_check_pop(struct check *k, size_t mark);
+void cfg_check_problem(struct check *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cfg_check_type(struct check *k, const char *expected, const json_t *v);
+/* cfg_check_keys reports unknown keys of obj (with a suggestion). */
+void cfg_check_keys(struct check *k, json_t *obj, const char *const *names, size_t num_names);
+int cfg_check_int(struct check *k, const json_t *v, long long min, long long max, long long *out);
+int cfg_check_duration(struct check *k, const json_t *v, uint64_t min_ms, uint64_t max_ms,
+                       uint64_t *out_ms);
+/* cfg_check_string returns v if it is a non-empty string (borrowed). */
+const char *cfg_check_string(struct check *k, const json_t *v);
+void cfg_check_addr(struct check *k, struct cfg_addr *out, const char *text);
+
+/* validate_upstream.c: a site's "to" (strings or {"address", "weight",
+ * "max_connections"}) and its "upstream" object, at the site's path. Call
+ * read_to first: upstream's max_connections is the default of the items. */
+void cfg_read_to(struct check *k, json_t *site, struct cfg_site *s);
+void cfg_read_upstream(struct check *k, json_t *site, struct cfg_site *s);
+/* cfg_upstream_cleanup frees what cfg_read_upstream and cfg_read_to stored
+ * besides s->to. */
+void cfg_upstream_cleanup(struct cfg_site *s);
+/* cfg_upstream_policy_name returns the config name of a policy. */
+const char *cfg_upstream_policy_name(enum cfg_lb_policy p);
+
 #endif

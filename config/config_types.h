@@ -90,14 +90,66 @@ struct cfg_ondemand {
     uint32_t cache_capacity;      /* on-demand certificates held; least recently used go */
 };
 
+/* Backend selection (site key upstream.policy); docs/upstreams.md. */
+enum cfg_lb_policy {
+    CFG_LB_ROUND_ROBIN = 0, /* smooth weighted round robin */
+    CFG_LB_LEAST_CONN,      /* fewest requests in flight per weight */
+    CFG_LB_RANDOM_TWO,      /* two weighted random picks, the less busy wins */
+    CFG_LB_IP_HASH,         /* client IP -> backend, stable while backends live */
+    CFG_LB_COOKIE,          /* a cookie names the backend; round robin to start */
+};
+
+/* Per-backend options of a "to" item written as an object. */
+struct cfg_backend_opts {
+    uint32_t weight;          /* 1..100, default 1 */
+    uint32_t max_connections; /* requests in flight per process; 0 = unlimited */
+};
+
+/* Active health checks (upstream.health_check); enabled when a path is set. */
+struct cfg_health_check {
+    char *path; /* owned: request target, NULL = no active checks */
+    char *host; /* owned: Host header, NULL = the backend address */
+    uint32_t interval_ms;
+    uint32_t timeout_ms;
+    uint16_t status_min, status_max; /* expected status range, inclusive */
+    uint32_t fails;                  /* consecutive failures to mark down */
+    uint32_t passes;                 /* consecutive passes to mark up */
+};
+
+/* Passive health (upstream.passive): failures of real requests. */
+struct cfg_passive {
+    uint32_t fails; /* failures within window that mark a backend down; 0 = off */
+    uint32_t window_ms;
+    uint32_t down_for_ms;
+    uint64_t statuses[2]; /* bit (status - 500): response statuses counted as failures */
+};
+
+/* A site's backend pool: selection, retries, limits, health (docs/upstreams.md). */
+struct cfg_upstream {
+    enum cfg_lb_policy policy;
+    char *cookie;              /* owned: cookie name of the cookie policy */
+    uint32_t retries;          /* extra attempts on other backends */
+    uint32_t retry_timeout_ms; /* total time budget of the attempts */
+    uint32_t max_connections;  /* default per backend; 0 = unlimited */
+    uint32_t queue_timeout_ms; /* wait for a free slot before 503 */
+    struct cfg_health_check health;
+    struct cfg_passive passive;
+};
+
+/* At most this many backends per site (selection keeps a 64-bit set of the
+ * ones a request tried). */
+#define CFG_MAX_BACKENDS 64
+
 struct cfg_site {
     /* owned: lower-case names, exact or "*.example.com"; for an on-demand
      * site, patterns of the names it serves, and none at all (num_hosts 0)
      * makes it the catch-all for names no other site lists. */
     char **hosts;
     size_t num_hosts;
-    struct cfg_addr *to; /* owned array: backends (issue 2 uses to[0] and round robin) */
+    struct cfg_addr *to; /* owned array: backends */
     size_t num_to;
+    struct cfg_backend_opts *to_opts; /* owned array, num_to entries */
+    struct cfg_upstream upstream;
     enum cfg_tls_source tls;
     char *cert_file;                /* owned: CFG_TLS_FILES */
     char *key_file;                 /* owned: CFG_TLS_FILES */

@@ -103,7 +103,7 @@ static const char *const admin_keys[] = {"enabled", "listen", "token"};
 static const char *const http2_keys[] = {"enabled", "max_concurrent_streams", "max_resets"};
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
-static const char *const site_keys[] = {"hosts", "to", "tls"};
+static const char *const site_keys[] = {"hosts", "to", "tls", "upstream"};
 static const char *const tls_keys[] = {"cert", "key", "acme", "on_demand"};
 static const char *const ondemand_keys[] = {
     "ask",           "ask_timeout",         "ask_cache",    "allow",           "orders_per_minute",
@@ -1122,38 +1122,6 @@ static void read_hosts(struct check *k, json_t *site, struct cfg_site *s)
     path_pop(k, mark);
 }
 
-static void read_to(struct check *k, json_t *site, struct cfg_site *s)
-{
-    json_t *v = json_object_get(site, "to");
-    size_t mark = path_push_key(k, "to");
-    size_t n = json_array_size(v);
-    if (v == NULL) {
-        problem(k, "required key is missing");
-    } else if (json_is_string(v)) {
-        if ((s->to = check_calloc(k, 1, sizeof(struct cfg_addr))) != NULL) {
-            s->num_to = 1;
-            add_backend(k, &s->to[0], json_string_value(v));
-        }
-    } else if (!json_is_array(v)) {
-        problem_type(k, "a string or an array of strings", v);
-    } else if (n == 0) {
-        problem(k, "must list at least one backend");
-    } else if ((s->to = check_calloc(k, n, sizeof(struct cfg_addr))) != NULL) {
-        s->num_to = n;
-        for (size_t i = 0; i < n; i++) {
-            size_t m = path_push_index(k, i);
-            json_t *e = json_array_get(v, i);
-            if (!json_is_string(e)) {
-                problem_type(k, "a string", e);
-            } else {
-                add_backend(k, &s->to[i], json_string_value(e));
-            }
-            path_pop(k, m);
-        }
-    }
-    path_pop(k, mark);
-}
-
 /* read_tls_file stores the absolute path of obj[key] in *out after checking
  * that the file is readable now, so a typo fails at load, not at the first
  * handshake. */
@@ -1602,7 +1570,8 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     }
     check_keys(k, v, site_keys, NUM(site_keys));
     read_hosts(k, v, s);
-    read_to(k, v, s);
+    cfg_read_to(k, v, s);
+    cfg_read_upstream(k, v, s);
     read_tls(k, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {
         /* Every issuer may end up ordering, so every one needs dns-01. */
@@ -1845,6 +1814,53 @@ static bool quick_name_is_public(const char *name)
     return true;
 }
 
+/* read_quick_upstream fills the site's upstream from --lb-policy and
+ * --health-path, naming the flags in problems. */
+static void read_quick_upstream(struct check *k, const struct cfg_quick *q, struct cfg_site *s)
+{
+    if ((s->to_opts = check_calloc(k, s->num_to, sizeof(*s->to_opts))) == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < s->num_to; i++) {
+        s->to_opts[i].weight = 1;
+    }
+    json_t *site = json_object();
+    json_t *up = json_object();
+    json_t *hc = q->health_path != NULL ? json_object() : NULL;
+    bool is_failed = site == NULL || up == NULL || (q->health_path != NULL && hc == NULL);
+    if (q->lb_policy != NULL) {
+        is_failed |= json_object_set_new(up, "policy", json_string(q->lb_policy)) != 0;
+    }
+    if (hc != NULL) {
+        is_failed |= json_object_set_new(hc, "path", json_string(q->health_path)) != 0;
+        is_failed |= json_object_set_new(up, "health_check", hc) != 0;
+    }
+    is_failed |= json_object_set_new(site, "upstream", up) != 0;
+    if (is_failed) {
+        problem(k, "out of memory");
+        json_decref(site);
+        return;
+    }
+    path_set(k, "");
+    size_t before = k->problems->num_items;
+    cfg_read_upstream(k, site, s);
+    json_decref(site);
+    static const char *const map[][2] = {
+        {"upstream.policy:", "--lb-policy:"},
+        {"upstream.health_check.path:", "--health-path:"},
+    };
+    for (size_t i = before; i < k->problems->num_items; i++) {
+        char *item = k->problems->items[i];
+        for (size_t j = 0; j < NUM(map); j++) {
+            size_t from = strlen(map[j][0]), to = strlen(map[j][1]);
+            if (strncmp(item, map[j][0], from) == 0) {
+                memmove(item + to, item + from, strlen(item + from) + 1);
+                memcpy(item, map[j][1], to);
+            }
+        }
+    }
+}
+
 struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_problems)
 {
     struct cfg_problems local = {0};
@@ -1979,9 +1995,68 @@ struct cfg *cfg_from_quick(const struct cfg_quick *q, struct cfg_problems *out_p
                 add_backend(&k, &s->to[i], q->to[i]);
             }
         }
+        read_quick_upstream(&k, q, s);
     }
 out:
     c = check_finish(&k, c);
     cfg_problems_cleanup(&local);
     return c;
+}
+
+/* The walk for the other section readers of the module (config_int.h). */
+
+size_t cfg_check_push_key(struct check *k, const char *key)
+{
+    return path_push_key(k, key);
+}
+
+size_t cfg_check_push_index(struct check *k, size_t i)
+{
+    return path_push_index(k, i);
+}
+
+void cfg_check_pop(struct check *k, size_t mark)
+{
+    path_pop(k, mark);
+}
+
+void cfg_check_problem(struct check *k, const char *fmt, ...)
+{
+    char msg[CFG_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    problem(k, "%s", msg);
+}
+
+void cfg_check_type(struct check *k, const char *expected, const json_t *v)
+{
+    problem_type(k, expected, v);
+}
+
+void cfg_check_keys(struct check *k, json_t *obj, const char *const *names, size_t num_names)
+{
+    check_keys(k, obj, names, num_names);
+}
+
+int cfg_check_int(struct check *k, const json_t *v, long long min, long long max, long long *out)
+{
+    return read_int(k, v, min, max, out);
+}
+
+int cfg_check_duration(struct check *k, const json_t *v, uint64_t min_ms, uint64_t max_ms,
+                       uint64_t *out_ms)
+{
+    return read_duration(k, v, min_ms, max_ms, out_ms);
+}
+
+const char *cfg_check_string(struct check *k, const json_t *v)
+{
+    return read_string(k, v);
+}
+
+void cfg_check_addr(struct check *k, struct cfg_addr *out, const char *text)
+{
+    add_backend(k, out, text);
 }

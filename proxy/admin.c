@@ -242,6 +242,23 @@ static void admin_get_config(struct admin_conn *c)
     free(text);
 }
 
+static void admin_get_upstreams(struct admin_conn *c)
+{
+    struct evbuffer *b = evbuffer_new();
+    struct cfg *cfg = c->a->hooks.config_get(c->a->hooks.arg);
+    int rc = b != NULL ? dm_upstreams_json(b, cfg) : -1;
+    cfg_unref(cfg);
+    if (rc != 0) {
+        if (b != NULL) {
+            evbuffer_free(b);
+        }
+        admin_error(c, 500, NULL, "out of memory");
+        return;
+    }
+    admin_respond(c, 200, "application/json", NULL, b);
+    evbuffer_free(b);
+}
+
 static void admin_get_certificates(struct admin_conn *c)
 {
     struct cfg *cfg = c->a->hooks.config_get(c->a->hooks.arg);
@@ -336,6 +353,7 @@ static void admin_get_metrics(struct admin_conn *c)
     rc |= dm_metrics_write_sample(b, "doorman_config_generation", NULL, 0, (double)cfg->generation);
     rc |= dm_metrics_write_header(b, "doorman_workers", "gauge", "Worker threads.");
     rc |= dm_metrics_write_sample(b, "doorman_workers", NULL, 0, (double)dm_workers_count());
+    rc |= dm_upstreams_metrics(b, cfg);
     cfg_unref(cfg);
     if (rc != 0) {
         evbuffer_free(b);
@@ -476,6 +494,12 @@ static void admin_dispatch(struct admin_conn *c)
             admin_get_certificates(c);
             return;
         }
+    } else if (path_is(path, path_len, "/upstreams")) {
+        want = "GET";
+        if (is_get) {
+            admin_get_upstreams(c);
+            return;
+        }
     } else if (path_is(path, path_len, "/metrics")) {
         want = "GET";
         if (is_get) {
@@ -505,7 +529,7 @@ static void admin_dispatch(struct admin_conn *c)
     if (want == NULL) {
         snprintf(msg, sizeof(msg),
                  "no such endpoint; try GET /healthz, /config, /certificates, "
-                 "/metrics or POST /load, /reload, /upgrade");
+                 "/upstreams, /metrics or POST /load, /reload, /upgrade");
         admin_error(c, 404, NULL, msg);
         return;
     }

@@ -415,6 +415,8 @@ enum {
     OPT_ON_DEMAND,
     OPT_ASK,
     OPT_ALLOW,
+    OPT_LB_POLICY,
+    OPT_HEALTH_PATH,
 };
 
 static const struct option long_opts[] = {
@@ -433,6 +435,8 @@ static const struct option long_opts[] = {
     {"on-demand", no_argument, NULL, OPT_ON_DEMAND},
     {"ask", required_argument, NULL, OPT_ASK},
     {"allow", required_argument, NULL, OPT_ALLOW},
+    {"lb-policy", required_argument, NULL, OPT_LB_POLICY},
+    {"health-path", required_argument, NULL, OPT_HEALTH_PATH},
     {NULL, 0, NULL, 0},
 };
 
@@ -454,6 +458,8 @@ struct args {
     const char *ask;
     const char *allow[64];
     size_t num_allow;
+    const char *lb_policy;
+    const char *health_path;
 };
 
 static int parse_port(const char *flag, const char *s, int *out)
@@ -507,6 +513,12 @@ static int parse_args(int argc, char **argv, const char *cmd, const int *allowed
             break;
         case OPT_ASK:
             a->ask = optarg;
+            break;
+        case OPT_LB_POLICY:
+            a->lb_policy = optarg;
+            break;
+        case OPT_HEALTH_PATH:
+            a->health_path = optarg;
             break;
         case OPT_ALLOW:
             if (a->num_allow == sizeof(a->allow) / sizeof(a->allow[0])) {
@@ -602,7 +614,11 @@ static const char rp_help[] =
     "  --on-demand        certificates for names not known in advance (needs --ask\n"
     "                     and/or --allow; --from, if given, limits the names)\n"
     "  --ask URL          permission endpoint: GET URL?domain=NAME, 2xx permits\n"
-    "  --allow PATTERN    permit NAME or *.SUFFIX without asking (repeatable)\n";
+    "  --allow PATTERN    permit NAME or *.SUFFIX without asking (repeatable)\n"
+    "  --lb-policy P      how several --to share requests: round_robin (default),\n"
+    "                     least_conn, random_two, ip_hash or cookie\n"
+    "  --health-path PATH probe each backend with GET PATH every 5 s; those failing\n"
+    "                     get no traffic until they pass again\n";
 
 static const char validate_help[] =
     "Usage: doorman validate --config FILE [--data-dir DIR]\n"
@@ -671,6 +687,8 @@ static int serve_quick(struct args *a)
                           .email = a->email,
                           .on_demand = a->on_demand,
                           .ask = a->ask,
+                          .lb_policy = a->lb_policy,
+                          .health_path = a->health_path,
                           .allow = a->allow,
                           .num_allow = a->num_allow};
     struct cfg_problems problems = {0};
@@ -765,9 +783,10 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_reverse_proxy(int argc, char **argv)
 {
-    static const int allowed[] = {OPT_FROM,  OPT_TO,        OPT_HTTPS_PORT, OPT_HTTP_PORT,
-                                  OPT_BIND,  OPT_DATA_DIR,  OPT_CA,         OPT_CA_ROOT,
-                                  OPT_EMAIL, OPT_ON_DEMAND, OPT_ASK,        OPT_ALLOW};
+    static const int allowed[] = {OPT_FROM,      OPT_TO,         OPT_HTTPS_PORT, OPT_HTTP_PORT,
+                                  OPT_BIND,      OPT_DATA_DIR,   OPT_CA,         OPT_CA_ROOT,
+                                  OPT_EMAIL,     OPT_ON_DEMAND,  OPT_ASK,        OPT_ALLOW,
+                                  OPT_LB_POLICY, OPT_HEALTH_PATH};
     struct args a;
     if (parse_args(argc, argv, "reverse-proxy", allowed, sizeof(allowed) / sizeof(allowed[0]),
                    &a) != 0) {

@@ -739,6 +739,9 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         } else if (c->state == DM_CONN_PROXY && !c->r.req_body_done) {
             /* The client went away mid-body: nothing useful can follow. */
             dm_conn_close(c);
+        } else if (c->state == DM_CONN_PROXY && c->r.up != NULL && dm_upstream_is_queued(c->r.up)) {
+            /* Gone while waiting for a backend slot: leave the queue. */
+            dm_conn_close(c);
         } else {
             event_del(&c->rev);
         }
@@ -1105,7 +1108,7 @@ void dm_h1_on_upstream_error(struct dm_conn *c, int status, const char *why)
     }
     char body[64];
     snprintf(body, sizeof(body), "%d %s\n", status, dm_status_text(status));
-    conn_respond(c, status, NULL, body, !c->r.req_body_done);
+    conn_respond(c, status, c->r.error_headers, body, !c->r.req_body_done);
     if (!c->closed && c->state == DM_CONN_IDLE) {
         conn_resume_read(c);
         conn_process(c);

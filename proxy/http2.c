@@ -678,7 +678,7 @@ void dm_h2_on_upstream_error(struct dm_stream *s, int status, const char *why)
     }
     char body[64];
     snprintf(body, sizeof(body), "%d %s\n", status, dm_status_text(status));
-    dm_h2_respond(s, status, "text/plain; charset=utf-8", NULL, body);
+    dm_h2_respond(s, status, "text/plain; charset=utf-8", s->error_headers, body);
 }
 
 /* h2_consume acknowledges request DATA the backend has taken (stream-level

@@ -35,6 +35,14 @@ void dm_workers_wake_ondemand(void *arg);
 /* dm_proxy_active_conns returns the open client connections of all workers. */
 long dm_proxy_active_conns(void);
 
+/* Backend state for the admin API (upstreams_status.c): dm_upstreams_json
+ * appends GET /upstreams's JSON array (one object per site of cfg) to out;
+ * dm_upstreams_metrics appends the doorman_backend_* Prometheus families.
+ * Both return 0, or -1 if out of memory. */
+struct evbuffer;
+int dm_upstreams_json(struct evbuffer *out, const struct cfg *cfg);
+int dm_upstreams_metrics(struct evbuffer *out, const struct cfg *cfg);
+
 /* dm_workers_listen_fds writes the listening sockets of every worker and
  * their ports (at most cap) for a binary upgrade; returns how many. */
 int dm_workers_listen_fds(int *out_fds, uint16_t *out_ports, int cap);

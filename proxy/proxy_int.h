@@ -42,6 +42,7 @@ struct dm_upstream_conn;
 
 /* Host -> site routing table of one generation (route.c). */
 struct dm_route;
+struct dm_pool;
 
 /* A runtime generation: the config snapshot and the structures built from it.
  * Immutable and refcounted; each connection holds the one it started with. */
@@ -50,6 +51,7 @@ struct dm_gen {
     struct cfg *cfg;        /* ref */
     struct dm_route *route; /* owned */
     uint16_t *site_metric;  /* owned: metrics label index of each cfg site */
+    struct dm_pool **pools; /* owned: backend pool of each cfg site (balancer.c) */
     uint32_t max_headers;
     struct dm_http1_limits req_limits;
     struct dm_http1_limits resp_limits;
@@ -63,6 +65,99 @@ void dm_gen_unref(struct dm_gen *g);
 struct dm_route *dm_route_new(const struct cfg *cfg);
 void dm_route_free(struct dm_route *r);
 const struct cfg_site *dm_route_find(const struct dm_route *r, const char *host, size_t host_len);
+
+/* ---- Backends (backend.c): process-wide state of each backend of each site.
+ * One record per (site, address), shared by every generation that lists the
+ * pair: a reload keeps health, counters and in-flight counts. Records live in
+ * a registry guarded by a mutex taken only when generations are built or
+ * freed and by the admin API; the request path touches only the atomics.
+ * Ownership: each generation's pool holds one reference per backend; the
+ * health-check thread holds one per probed backend. docs/architecture.md,
+ * "Backends". */
+#define DM_BACKEND_REASON_MAX 160
+
+struct dm_backend {
+    atomic_int refs;
+    char *site;            /* owned: the site's key (its hosts, comma-separated; "*" if none) */
+    char *label;           /* owned: the site's first host (metrics label, logs) */
+    char *address;         /* owned: as written in "to" */
+    char id[17];           /* opaque cookie value naming this backend (hex, no address) */
+    uint64_t hash;         /* the same as a number (ip_hash) */
+    atomic_bool active_up; /* active checks (true when none run) */
+    atomic_uint_fast64_t down_until_ms;     /* passive: no traffic before (mono ms) */
+    atomic_uint passive_fails;              /* failures in the current window */
+    atomic_uint_fast64_t passive_window_ms; /* window start (mono ms) */
+    atomic_int in_flight;                   /* requests holding a slot, all workers */
+    atomic_uint_fast64_t requests;          /* attempts sent to it */
+    atomic_uint_fast64_t failures;          /* failed attempts (connect, reset, timeout, status) */
+    atomic_uint_fast64_t last_check_s;      /* wall time of the last active check, 0 = none */
+    atomic_int last_check_status;           /* its HTTP status, 0 = no response */
+    pthread_mutex_t reason_lock;            /* guards reason (transitions and admin only) */
+    char reason[DM_BACKEND_REASON_MAX];     /* why it is down; "" when up */
+    struct dm_backend *next;                /* registry list */
+};
+
+/* dm_backend_get returns a new reference to the record of (site, address),
+ * made up if it does not exist. NULL on allocation failure. */
+struct dm_backend *dm_backend_get(const char *site, const char *label, const char *address);
+struct dm_backend *dm_backend_ref(struct dm_backend *b);
+void dm_backend_unref(struct dm_backend *b);
+/* dm_backend_is_live: not marked down by active checks nor by passive ones. */
+bool dm_backend_is_live(const struct dm_backend *b, uint64_t now_ms);
+/* dm_backend_on_failure counts a failed attempt for passive health (p) and
+ * the metrics; marks the backend down when p->fails fall within p->window
+ * and the site has other backends (a lone one marked down would only turn
+ * its errors into 503s). */
+void dm_backend_on_failure(struct dm_backend *b, const struct cfg_passive *p, size_t num_backends,
+                           const char *why);
+/* dm_backend_set_active records an active check's verdict (health thread). */
+void dm_backend_set_active(struct dm_backend *b, bool is_up, const char *why);
+void dm_backend_reason(struct dm_backend *b, char *out, size_t cap);
+/* dm_backend_foreach calls fn on every record under the registry lock
+ * (admin API, metrics). */
+void dm_backend_foreach(void (*fn)(struct dm_backend *b, void *arg), void *arg);
+uint64_t dm_mono_ms(void);
+
+/* ---- Selection (balancer.c): a site's backends in one generation. */
+struct dm_pool {
+    const struct cfg_site *site; /* borrowed from the generation's cfg */
+    size_t num;
+    struct dm_backend **be; /* refs, num entries, in "to" order */
+    char **set_cookie;      /* owned: "NAME=ID; Path=/; HttpOnly; Secure" per backend */
+    uint16_t *sched;        /* owned: smooth weighted round-robin order of indexes */
+    uint32_t sched_len;
+    atomic_uint cursor; /* shared by the workers */
+};
+
+/* Results of dm_pool_pick besides a backend index. */
+#define DM_PICK_DOWN (-1) /* no live backend left (or every live one was tried) */
+#define DM_PICK_FULL (-2) /* live ones exist but all are at max_connections */
+
+/* What a pick may look at: the client's address (ip_hash) and the cookie
+ * value it sent (cookie), both optional. */
+struct dm_pick_in {
+    const struct sockaddr *peer;
+    const char *cookie; /* value of the policy's cookie, NULL if absent */
+    size_t cookie_len;
+    uint64_t tried; /* bit i: backend i was tried by this request */
+};
+
+struct dm_pool *dm_pool_new(const struct cfg_site *site);
+void dm_pool_free(struct dm_pool *p);
+/* dm_pool_pick chooses a live backend not tried yet with a free slot and
+ * takes the slot (in_flight + 1; release with dm_pool_release). Returns its
+ * index, DM_PICK_DOWN or DM_PICK_FULL. *out_sticky_miss tells the cookie
+ * policy's caller to set the cookie. No locks, no allocation. */
+int dm_pool_pick(struct dm_pool *p, const struct dm_pick_in *in, uint64_t now_ms,
+                 bool *out_sticky_miss);
+void dm_pool_release(struct dm_backend *b);
+
+/* ---- Active health checks (health.c): one thread with its own loop. */
+int dm_health_start(void);
+/* dm_health_update makes the probes follow cfg's sites (called by the
+ * control thread for each config it publishes; starts the thread). */
+void dm_health_update(struct cfg *cfg);
+void dm_health_stop(void);
 
 /* Process-wide state every worker reads (set up before workers start). */
 struct dm_proxy {
@@ -136,6 +231,13 @@ struct dm_stream {
     const struct cfg_site *site; /* borrowed from gen */
     struct dm_upstream_conn *up; /* the backend connection serving this request */
     const char *backend;         /* borrowed from gen: backend address text */
+    struct dm_pool *pool;        /* borrowed from gen: the site's backends */
+    int be_idx;                  /* index in pool of the current attempt's backend, -1 none */
+    uint64_t tried;              /* bit i: backend i was tried */
+    uint32_t attempts;           /* backends tried after the first */
+    uint64_t retry_deadline_us;  /* no new attempt after this (retry_timeout) */
+    const char *set_cookie;      /* borrowed from pool: Set-Cookie value, NULL if none */
+    const char *error_headers;   /* extra fields of a local error answer (Retry-After) */
     struct evbuffer *trailers;   /* owned, HTTP/2 only: response trailer lines
                                     ("name: value\r\n") from a chunked backend body */
 };
@@ -200,7 +302,10 @@ struct dm_worker {
     struct dm_conn *od_waiting;      /* handshakes waiting for on-demand certificates */
     int num_conns;
     bool draining;
-    unsigned rr; /* round-robin cursor over a site's backends */
+    /* Requests waiting for a backend connection slot (max_connections),
+     * oldest first (upstream.c). */
+    struct dm_upstream_conn *queue_head, *queue_tail;
+    struct event *queue_ev; /* owned: wakes the queue after a slot was freed */
     struct event *drain_timer;
     struct event *grace_timer; /* owned: closes connections of older generations */
     atomic_uint stop_deadline_ms;
@@ -235,7 +340,7 @@ void dm_conn_od_retry(struct dm_conn *c);
 
 /* request.c: the request path both protocols share. Called by upstream.c
  * while forwarding; each dispatches to the stream's protocol. */
-void dm_stream_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+void dm_stream_on_upstream_head(struct dm_stream *s, struct dm_http1_msg *resp,
                                 struct evbuffer *resp_buf, size_t head_len);
 void dm_stream_on_upstream_data(struct dm_stream *s);
 void dm_stream_on_upstream_done(struct dm_stream *s, bool backend_reusable);
@@ -249,10 +354,12 @@ void dm_stream_on_upstream_full(struct dm_stream *s);
  * state; the request head must be in s->msg. */
 void dm_stream_begin(struct dm_stream *s);
 /* dm_request_prepare runs the shared request path on s->msg: host, ACME
- * http-01, the HTTPS redirect, routing, the SNI/site check, then writes the
- * backend's request head into hb. head_len bytes of the head are consumed from
- * the connection input (HTTP/1.x) before any answer. Returns 1 with *out_addr
- * set when the request goes to a backend, 0 when it was answered here
+ * http-01, the HTTPS redirect, routing, the SNI/site check, the choice of a
+ * backend (balancer.c), then writes the backend's request head into hb.
+ * head_len bytes of the head are consumed from the connection input
+ * (HTTP/1.x) before any answer. Returns 1 with *out_addr set when the request
+ * goes to a backend (NULL: every backend is at its connection limit, the
+ * request waits in the queue), 0 when it was answered here
  * (dm_stream_respond ran), -1 when the connection must close. */
 int dm_request_prepare(struct dm_stream *s, size_t head_len, struct evbuffer *hb,
                        const struct cfg_addr **out_addr);
@@ -318,7 +425,8 @@ struct dm_upstream_conn;
 struct dm_upstream_pool;
 
 /* dm_upstream_start gets a backend connection for s's request (pooled or new)
- * and arranges for the head in head_buf to be sent first. Results arrive via
+ * and arranges for the head in head_buf to be sent first; addr NULL queues
+ * the request until a backend has a free slot (upstream.queue_timeout). Results arrive via
  * dm_stream_on_upstream_*; never called back from inside this call. */
 int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf);
 /* The evbuffer to append request body bytes to (NULL if gone). */
@@ -340,6 +448,11 @@ void dm_upstream_shutdown_write(struct dm_upstream_conn *u);
  * (or pooled if reusable and the exchange completed). */
 void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);
 void dm_upstream_pools_free(struct dm_worker *w);
+/* dm_upstream_is_queued: u still waits for a backend slot (no connection). */
+bool dm_upstream_is_queued(const struct dm_upstream_conn *u);
+/* dm_request_pick chooses the backend of s's next attempt in s->pool:
+ * returns an index, DM_PICK_DOWN or DM_PICK_FULL (request.c). */
+int dm_request_pick(struct dm_stream *s);
 /* dm_upstream_pools_close_idle closes the parked connections (shutdown). */
 void dm_upstream_pools_close_idle(struct dm_worker *w);
 

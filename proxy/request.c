@@ -285,7 +285,15 @@ void dm_stream_begin(struct dm_stream *s)
     s->is_http10 = m->version_minor == 0;
     s->req_body_left = m->body == DM_HTTP1_BODY_LENGTH ? m->content_length : 0;
     dm_http1_chunked_init(&s->req_chunked);
+    s->pool = NULL;
+    s->be_idx = -1;
+    s->tried = 0;
+    s->attempts = 0;
+    s->set_cookie = NULL;
+    s->error_headers = NULL;
 }
+
+static int req_pick(struct dm_stream *s, bool with_head);
 
 int dm_request_prepare(struct dm_stream *s, size_t head_len, struct evbuffer *hb,
                        const struct cfg_addr **out_addr)
@@ -346,12 +354,73 @@ int dm_request_prepare(struct dm_stream *s, size_t head_len, struct evbuffer *hb
         return 0;
     }
     const struct cfg_site *site = s->site;
-    const struct cfg_addr *addr = &site->to[site->num_to > 1 ? c->w->rr++ % site->num_to : 0];
-    s->backend = addr->text;
+    s->pool = c->gen->pools[site - cfg->sites];
+    s->retry_deadline_us = s->req_start_us + (uint64_t)site->upstream.retry_timeout_ms * 1000;
+    int i = req_pick(s, true);
+    if (i == DM_PICK_DOWN) {
+        req_consume_head(s, head_len);
+        dm_log(DM_LOG_WARN, "proxy", "c=%llu %s %s%s: 503: every backend of the site is down",
+               (unsigned long long)c->id, s->method, s->host, s->path);
+        dm_stream_respond(s, 503, NULL, "Retry-After: 1\r\n",
+                          "503 Service Unavailable: no healthy backend for this site\n", has_body);
+        return 0;
+    }
     req_build_upstream_head(s, hb, raw_host, raw_host_len);
     req_consume_head(s, head_len);
-    *out_addr = addr;
+    *out_addr = i >= 0 ? &site->to[i] : NULL; /* NULL: every backend is full, wait */
     return 1;
+}
+
+/* req_cookie finds the value of cookie name in the request's Cookie fields
+ * (HTTP/2 may send several crumbs). */
+static const char *req_cookie(const struct dm_http1_msg *m, const char *name, size_t *out_len)
+{
+    size_t nl = strlen(name);
+    for (size_t k = 0; k < m->num_headers; k++) {
+        const struct dm_http1_header *h = &m->headers[k];
+        if (!dm_str_ieq_lit(h->name, h->name_len, "cookie")) {
+            continue;
+        }
+        const char *p = h->value, *end = h->value + h->value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == ';')) {
+                p++;
+            }
+            const char *semi = memchr(p, ';', (size_t)(end - p));
+            const char *e = semi != NULL ? semi : end;
+            if ((size_t)(e - p) > nl && p[nl] == '=' && memcmp(p, name, nl) == 0) {
+                *out_len = (size_t)(e - p) - nl - 1;
+                return p + nl + 1;
+            }
+            p = e;
+        }
+    }
+    return NULL;
+}
+
+/* req_pick chooses the backend of the stream's next attempt (with_head: the
+ * request head is still readable, so the cookie may be looked at). */
+static int req_pick(struct dm_stream *s, bool with_head)
+{
+    struct dm_pool *p = s->pool;
+    struct dm_pick_in in = {.peer = (const struct sockaddr *)&s->c->peer, .tried = s->tried};
+    if (with_head && p->site->upstream.policy == CFG_LB_COOKIE) {
+        in.cookie = req_cookie(&s->msg, p->site->upstream.cookie, &in.cookie_len);
+    }
+    bool is_miss;
+    int i = dm_pool_pick(p, &in, dm_mono_ms(), &is_miss);
+    if (i >= 0) {
+        s->be_idx = i;
+        s->tried |= 1ull << i;
+        s->backend = p->site->to[i].text;
+        s->set_cookie = is_miss ? p->set_cookie[i] : NULL;
+    }
+    return i;
+}
+
+int dm_request_pick(struct dm_stream *s)
+{
+    return req_pick(s, false);
 }
 
 void dm_stream_respond(struct dm_stream *s, int status, const char *content_type,
@@ -377,9 +446,15 @@ bool dm_resp_header_forwarded(const struct dm_http1_header *h, const struct dm_h
 
 /* ---- backend events, dispatched to the stream's protocol ---- */
 
-void dm_stream_on_upstream_head(struct dm_stream *s, const struct dm_http1_msg *resp,
+void dm_stream_on_upstream_head(struct dm_stream *s, struct dm_http1_msg *resp,
                                 struct evbuffer *resp_buf, size_t head_len)
 {
+    if (s->set_cookie != NULL && resp->status >= 200 && resp->num_headers < DM_MAX_HEADERS_CAP) {
+        /* Cookie stickiness: one more field, written by both protocols. */
+        resp->headers[resp->num_headers++] =
+            (struct dm_http1_header){"Set-Cookie", 10, s->set_cookie, strlen(s->set_cookie)};
+        s->set_cookie = NULL;
+    }
     if (s->h2_id != 0) {
         dm_h2_on_upstream_head(s, resp, resp_buf, head_len);
     } else {

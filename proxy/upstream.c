@@ -21,6 +21,7 @@
 
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
+#include "proxy/core/time.h"
 #include "proxy/proxy_int.h"
 
 /* Idle backend connections kept per backend and worker, and how long. An
@@ -44,7 +45,12 @@ enum up_state {
     UP_BODY,      /* response body flowing to the client */
     UP_TUNNEL,    /* after 101 */
     UP_IDLE,      /* parked in the pool */
+    UP_QUEUED,    /* waiting for a backend slot (max_connections); no socket yet */
 };
+
+/* A queued request re-checks for a free slot this often besides being woken
+ * by slots freed on its own worker (others' are not signalled). */
+#define UP_QUEUE_POLL_MS 100
 
 struct dm_upstream_pool {
     char *key; /* owned: backend address text */
@@ -82,6 +88,10 @@ struct dm_upstream_conn {
     const char *pending_why;
     int refs;
     struct dm_upstream_conn *pool_next, *pool_prev;
+    struct dm_backend *be; /* borrowed from the stream's gen: the slot this exchange holds */
+    bool queued;           /* on the worker's queue */
+    uint64_t queue_deadline_us;
+    struct dm_upstream_conn *q_next, *q_prev;
 };
 
 static void up_on_read(evutil_socket_t fd, short what, void *arg);
@@ -90,7 +100,20 @@ static void up_on_timer(evutil_socket_t fd, short what, void *arg);
 static void up_close(struct dm_upstream_conn *u);
 static void up_process(struct dm_upstream_conn *u);
 static void up_arm_wait(struct dm_upstream_conn *u);
+static void queue_remove(struct dm_upstream_conn *u);
+static void queue_schedule(struct dm_worker *w);
+static bool up_retry_other(struct dm_upstream_conn *u);
 
+/* up_slot_release gives back the backend slot the exchange held and lets a
+ * queued request of this worker have it. */
+static void up_slot_release(struct dm_upstream_conn *u)
+{
+    if (u->be != NULL) {
+        dm_pool_release(u->be);
+        u->be = NULL;
+        queue_schedule(u->w);
+    }
+}
 static void up_hold(struct dm_upstream_conn *u)
 {
     u->refs++;
@@ -143,7 +166,7 @@ static void pool_remove(struct dm_upstream_conn *u)
 
 /* up_fail reports an error to the client (deferred if asked from inside a
  * start call, so callbacks never run inside dm_upstream_start). */
-static void up_fail(struct dm_upstream_conn *u, int status, const char *why)
+static void up_report(struct dm_upstream_conn *u, int status, const char *why)
 {
     struct dm_stream *s = u->s;
     if (s == NULL) {
@@ -151,6 +174,31 @@ static void up_fail(struct dm_upstream_conn *u, int status, const char *why)
         return;
     }
     dm_stream_on_upstream_error(s, status, why);
+}
+
+/* up_count_failure feeds passive health and the metrics. */
+static void up_count_failure(struct dm_upstream_conn *u, const char *why)
+{
+    if (u->be != NULL && u->s != NULL && u->s->pool != NULL) {
+        dm_backend_on_failure(u->be, &u->s->site->upstream.passive, u->s->pool->num, why);
+    }
+}
+
+/* up_fail: the exchange failed (a bad or cut response, a timeout); only
+ * failures passive health is about are counted by the callers. */
+static void up_fail(struct dm_upstream_conn *u, int status, const char *why)
+{
+    up_report(u, status, why);
+}
+
+/* up_fail_retry: the backend failed before any response byte; another
+ * backend may take the request (upstream.retries). */
+static void up_fail_retry(struct dm_upstream_conn *u, int status, const char *why)
+{
+    up_count_failure(u, why);
+    if (!up_retry_other(u)) {
+        up_report(u, status, why);
+    }
 }
 
 static void up_defer_fail(struct dm_upstream_conn *u, int status, const char *why)
@@ -250,39 +298,10 @@ static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct ev
     evbuffer_add_buffer(u->out, head);
 }
 
-int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf)
+/* up_connect_start opens a new connection of u to addr (u has its stream). */
+static void up_connect_start(struct dm_upstream_conn *u, const struct cfg_addr *addr)
 {
-    struct dm_worker *w = s->c->w;
-    struct dm_upstream_pool *pool = pool_get(w, addr->text);
-    if (pool == NULL) {
-        return -1;
-    }
-    struct dm_upstream_conn *u = pool->idle;
-    if (u != NULL) {
-        pool_remove(u);
-        evtimer_del(&u->timer);
-        u->reused = true;
-        /* A pooled connection may have been closed by the backend a moment
-         * ago; keep the head so a request without a body can be retried. */
-        if (s->msg.body == DM_HTTP1_BODY_NONE) {
-            u->retry_head = evbuffer_new();
-            if (u->retry_head != NULL) {
-                size_t n = evbuffer_get_length(head_buf);
-                evbuffer_add(u->retry_head, evbuffer_pullup(head_buf, (ssize_t)n), n);
-            }
-        }
-        up_attach(u, s, head_buf);
-        u->state = UP_WAIT_HEAD;
-        /* No write event: the caller's dm_upstream_kick writes at once and
-         * asks for writability only if the socket is full. */
-        up_arm_wait(u);
-        return 0;
-    }
-    u = up_new(w, pool);
-    if (u == NULL) {
-        return -1;
-    }
-    up_attach(u, s, head_buf);
+    struct dm_worker *w = u->w;
     switch (addr->kind) {
     case CFG_ADDR_IP:
     case CFG_ADDR_UNIX:
@@ -298,7 +317,7 @@ int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct e
         char port[8];
         snprintf(port, sizeof(port), "%u", addr->port);
         u->state = UP_RESOLVING;
-        up_set_timer(u, s->c->gen->cfg->timeouts.connect_ms);
+        up_set_timer(u, u->s->c->gen->cfg->timeouts.connect_ms);
         up_hold(u);
         /* May call back at once (cached or numeric); that path only defers. */
         u->dns = evdns_getaddrinfo(w->dns, addr->host, port, &hints, up_on_resolved, u);
@@ -306,7 +325,205 @@ int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct e
         break;
     }
     }
+}
+
+/* up_keep_head keeps a copy of a body-less request's head while it may be
+ * sent again: on a fresh connection when a stale pooled one failed, or on
+ * another backend when this one closes before answering. */
+static void up_keep_head(struct dm_upstream_conn *u, struct dm_stream *s, struct evbuffer *head_buf)
+{
+    bool may_move = s->pool != NULL && s->pool->num > 1 && s->site->upstream.retries > 0;
+    if (s->msg.body != DM_HTTP1_BODY_NONE || (!u->reused && !may_move)) {
+        return;
+    }
+    u->retry_head = evbuffer_new();
+    if (u->retry_head != NULL) {
+        size_t n = evbuffer_get_length(head_buf);
+        evbuffer_add(u->retry_head, evbuffer_pullup(head_buf, (ssize_t)n), n);
+    }
+}
+
+/* up_take_slot moves the slot of the stream's chosen backend to u. */
+static void up_take_slot(struct dm_upstream_conn *u, struct dm_stream *s)
+{
+    if (s->pool != NULL && s->be_idx >= 0) {
+        u->be = s->pool->be[s->be_idx];
+    }
+}
+
+static void queue_add(struct dm_upstream_conn *u, uint32_t timeout_ms);
+
+int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf)
+{
+    struct dm_worker *w = s->c->w;
+    if (addr == NULL) {
+        /* Every backend is at its connection limit: wait for a slot. */
+        struct dm_upstream_conn *q = up_new(w, NULL);
+        if (q == NULL) {
+            return -1;
+        }
+        up_attach(q, s, head_buf);
+        q->state = UP_QUEUED;
+        queue_add(q, s->site->upstream.queue_timeout_ms);
+        return 0;
+    }
+    struct dm_upstream_pool *pool = pool_get(w, addr->text);
+    struct dm_upstream_conn *u = pool != NULL ? pool->idle : NULL;
+    if (u != NULL) {
+        pool_remove(u);
+        evtimer_del(&u->timer);
+        u->reused = true;
+        /* A pooled connection may have been closed by the backend a moment
+         * ago; keep the head so a request without a body can be retried. */
+        up_keep_head(u, s, head_buf);
+        up_attach(u, s, head_buf);
+        up_take_slot(u, s);
+        u->state = UP_WAIT_HEAD;
+        /* No write event: the caller's dm_upstream_kick writes at once and
+         * asks for writability only if the socket is full. */
+        up_arm_wait(u);
+        return 0;
+    }
+    u = pool != NULL ? up_new(w, pool) : NULL;
+    if (u == NULL) {
+        if (s->pool != NULL && s->be_idx >= 0) {
+            dm_pool_release(s->pool->be[s->be_idx]);
+        }
+        return -1;
+    }
+    up_keep_head(u, s, head_buf);
+    up_attach(u, s, head_buf);
+    up_take_slot(u, s);
+    up_connect_start(u, addr);
     return 0;
+}
+
+/* ---- the queue of requests waiting for a backend slot (per worker) ---- */
+
+static void queue_on_wake(evutil_socket_t fd, short what, void *arg);
+
+static void queue_add(struct dm_upstream_conn *u, uint32_t timeout_ms)
+{
+    struct dm_worker *w = u->w;
+    if (w->queue_ev == NULL) {
+        w->queue_ev = evtimer_new(w->base, queue_on_wake, w);
+    }
+    u->queued = true;
+    u->queue_deadline_us = dm_time_mono_us() + (uint64_t)timeout_ms * 1000;
+    u->q_next = NULL;
+    u->q_prev = w->queue_tail;
+    if (w->queue_tail != NULL) {
+        w->queue_tail->q_next = u;
+    } else {
+        w->queue_head = u;
+    }
+    w->queue_tail = u;
+    up_set_timer(u, timeout_ms < UP_QUEUE_POLL_MS ? timeout_ms : UP_QUEUE_POLL_MS);
+    DM_LOG_DBG("upstream", "c=%llu queued: every backend of %s is at max_connections",
+               (unsigned long long)u->s->c->id, u->s->host);
+}
+
+static void queue_remove(struct dm_upstream_conn *u)
+{
+    struct dm_worker *w = u->w;
+    if (!u->queued) {
+        return;
+    }
+    u->queued = false;
+    if (u->q_prev != NULL) {
+        u->q_prev->q_next = u->q_next;
+    } else {
+        w->queue_head = u->q_next;
+    }
+    if (u->q_next != NULL) {
+        u->q_next->q_prev = u->q_prev;
+    } else {
+        w->queue_tail = u->q_prev;
+    }
+    u->q_next = u->q_prev = NULL;
+}
+
+bool dm_upstream_is_queued(const struct dm_upstream_conn *u)
+{
+    return u->queued;
+}
+
+static void queue_schedule(struct dm_worker *w)
+{
+    if (w->queue_head != NULL && w->queue_ev != NULL) {
+        event_active(w->queue_ev, EV_TIMEOUT, 0);
+    }
+}
+
+/* queue_try starts the queued u on a backend with a free slot. Returns
+ * false if there is none (u stays queued). */
+static bool queue_try(struct dm_upstream_conn *u)
+{
+    struct dm_stream *st = u->s;
+    int i = dm_request_pick(st);
+    if (i == DM_PICK_FULL) {
+        return false;
+    }
+    queue_remove(u);
+    evtimer_del(&u->timer);
+    up_hold(u);
+    if (i == DM_PICK_DOWN) {
+        st->error_headers = "Retry-After: 1\r\n";
+        up_report(u, 503, "every backend of the site is down");
+    } else if ((u->pool = pool_get(u->w, st->site->to[i].text)) == NULL) {
+        dm_pool_release(st->pool->be[i]);
+        up_report(u, 502, "out of memory");
+    } else {
+        up_take_slot(u, st);
+        u->state = UP_RESOLVING;
+        up_connect_start(u, &st->site->to[i]);
+        if (u->req_done) {
+            up_arm_wait(u);
+        }
+    }
+    up_release(u);
+    return true;
+}
+
+static void queue_run(struct dm_worker *w)
+{
+    bool again = true;
+    while (again) {
+        again = false;
+        for (struct dm_upstream_conn *u = w->queue_head; u != NULL; u = u->q_next) {
+            if (queue_try(u)) {
+                again = true; /* the list may have changed: start over */
+                break;
+            }
+        }
+    }
+}
+
+static void queue_on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    queue_run(arg);
+}
+
+/* queue_on_timer: a queued request's poll or deadline. */
+static void queue_on_timer(struct dm_upstream_conn *u)
+{
+    /* The whole queue in order: a slot freed a moment ago belongs to the
+     * oldest waiter, not to the one whose poll came first. */
+    queue_run(u->w);
+    if (u->closed || !u->queued) {
+        return;
+    }
+    uint64_t now = dm_time_mono_us();
+    if (now >= u->queue_deadline_us) {
+        queue_remove(u);
+        u->s->error_headers = "Retry-After: 1\r\n";
+        up_report(u, 503, "no backend connection slot within upstream.queue_timeout");
+        return;
+    }
+    uint64_t left_ms = (u->queue_deadline_us - now + 999) / 1000;
+    up_set_timer(u, left_ms < UP_QUEUE_POLL_MS ? (uint32_t)left_ms : UP_QUEUE_POLL_MS);
 }
 
 struct evbuffer *dm_upstream_output(struct dm_upstream_conn *u)
@@ -431,6 +648,8 @@ static void up_close(struct dm_upstream_conn *u)
     if (u->state == UP_IDLE) {
         pool_remove(u);
     }
+    queue_remove(u);
+    up_slot_release(u);
     if (u->dns != NULL) {
         evdns_getaddrinfo_cancel(u->dns);
         u->dns = NULL;
@@ -457,11 +676,13 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
         return;
     }
     u->s = NULL;
+    up_slot_release(u);
     if (u->retry_head != NULL) {
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
     }
-    if (!reusable || u->eof || evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
+    if (!reusable || u->state == UP_QUEUED || u->pool == NULL || u->eof ||
+        evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
         u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
         up_close(u);
         return;
@@ -503,6 +724,10 @@ void dm_upstream_pools_free(struct dm_worker *w)
         p = next;
     }
     w->pools = NULL;
+    if (w->queue_ev != NULL) {
+        event_free(w->queue_ev);
+        w->queue_ev = NULL;
+    }
 }
 
 /* up_try_retry replaces a stale pooled connection with a fresh one for the
@@ -524,7 +749,9 @@ static bool up_try_retry(struct dm_upstream_conn *u)
         return false;
     }
     struct evbuffer *head = u->retry_head;
+    struct dm_backend *be = u->be;
     u->retry_head = NULL;
+    u->be = NULL; /* the same backend again: its slot moves to the new connection */
     u->s = NULL;
     st->up = NULL;
     up_close(u);
@@ -534,9 +761,14 @@ static bool up_try_retry(struct dm_upstream_conn *u)
     struct dm_upstream_conn *n = pool ? up_new(st->c->w, pool) : NULL;
     if (n == NULL) {
         evbuffer_free(head);
+        if (be != NULL) {
+            dm_pool_release(be);
+        }
         return false;
     }
+    up_keep_head(n, st, head); /* it may still move to another backend */
     up_attach(n, st, head);
+    n->be = be;
     evbuffer_free(head);
     n->req_done = true;
     if (addr->kind == CFG_ADDR_HOSTNAME) {
@@ -545,6 +777,7 @@ static bool up_try_retry(struct dm_upstream_conn *u)
         evbuffer_add_buffer(h2, n->out);
         st->up = NULL;
         n->s = NULL;
+        n->be = NULL; /* dm_upstream_start takes the stream's slot again */
         up_close(n);
         int rc = dm_upstream_start(st, addr, h2);
         evbuffer_free(h2);
@@ -554,6 +787,63 @@ static bool up_try_retry(struct dm_upstream_conn *u)
         return rc == 0;
     }
     up_connect_addr(n, (const struct sockaddr *)&addr->ss, addr->ss_len);
+    return true;
+}
+
+/* up_retry_other moves a request whose backend failed before sending any
+ * response byte to another backend not tried yet, within upstream.retries
+ * and retry_timeout. Safe only while the request can be sent again whole:
+ * nothing was written yet (connect failed or timed out), or it has no body
+ * and its head was kept. Returns true if the request moved (or failed on its
+ * way: the stream was told). */
+static bool up_retry_other(struct dm_upstream_conn *u)
+{
+    struct dm_stream *st = u->s;
+    if (st == NULL || st->pool == NULL || st->resp_started || u->got_bytes ||
+        st->attempts >= st->site->upstream.retries || dm_time_mono_us() >= st->retry_deadline_us) {
+        return false;
+    }
+    bool is_unsent = u->state == UP_RESOLVING || u->state == UP_CONNECTING;
+    if (!is_unsent && u->retry_head == NULL) {
+        return false;
+    }
+    int prev = st->be_idx;
+    int i = dm_request_pick(st);
+    if (i == DM_PICK_DOWN) {
+        return false;
+    }
+    struct evbuffer *head = u->retry_head;
+    u->retry_head = NULL;
+    if (is_unsent) {
+        if (head == NULL) {
+            head = evbuffer_new();
+        } else {
+            evbuffer_drain(head, evbuffer_get_length(head));
+        }
+        if (head != NULL) {
+            evbuffer_add_buffer(head, u->out);
+        }
+    }
+    st->attempts++;
+    bool is_req_done = u->req_done;
+    u->s = NULL;
+    st->up = NULL;
+    up_close(u); /* gives back the failed backend's slot */
+    dm_log(DM_LOG_INFO, "upstream", "c=%llu %s %s%s: retrying on %s after %s failed",
+           (unsigned long long)st->c->id, st->method, st->host, st->path,
+           i >= 0 ? st->site->to[i].text : "the queue", prev >= 0 ? st->site->to[prev].text : "-");
+    if (head == NULL || dm_upstream_start(st, i >= 0 ? &st->site->to[i] : NULL, head) != 0) {
+        if (head != NULL) {
+            evbuffer_free(head);
+        }
+        dm_stream_on_upstream_error(st, 502, "out of memory");
+        return true;
+    }
+    evbuffer_free(head);
+    if (is_req_done) {
+        dm_upstream_request_done(st->up);
+    }
+    dm_upstream_kick(st->up);
     return true;
 }
 
@@ -645,7 +935,7 @@ static void up_process(struct dm_upstream_conn *u)
             if (len == 0) {
                 if (u->eof) {
                     if (!up_try_retry(u)) {
-                        up_fail(u, 502, "backend closed the connection without a response");
+                        up_fail_retry(u, 502, "backend closed the connection without a response");
                     }
                 }
                 return;
@@ -665,6 +955,13 @@ static void up_process(struct dm_upstream_conn *u)
                 return;
             }
             int status = u->msg.status;
+            const struct cfg_passive *pv = &c->site->upstream.passive;
+            if (status >= 500 && status <= 599 && u->be != NULL &&
+                (pv->statuses[(status - 500) / 64] >> ((status - 500) % 64)) & 1) {
+                char why[40];
+                snprintf(why, sizeof(why), "status %d", status);
+                dm_backend_on_failure(u->be, pv, c->pool->num, why);
+            }
             dm_stream_on_upstream_head(c, &u->msg, u->in, (size_t)n);
             if (u->closed || u->s != c) {
                 return;
@@ -765,7 +1062,7 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg)
         socklen_t len = sizeof(err);
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
             DM_LOG_DBG("upstream", "connect %s: %s", u->pool->key, strerror(err ? err : errno));
-            up_fail(u, 502, "connect failed");
+            up_fail_retry(u, 502, err == ECONNREFUSED ? "connect refused" : "connect failed");
             goto out;
         }
         u->state = UP_WAIT_HEAD;
@@ -789,18 +1086,22 @@ static void up_on_timer(evutil_socket_t fd, short what, void *arg)
     if (u->pending_error != 0) {
         int status = u->pending_error;
         u->pending_error = 0;
-        up_fail(u, status, u->pending_why);
+        up_fail_retry(u, status, u->pending_why);
         goto out;
     }
     switch (u->state) {
+    case UP_QUEUED:
+        queue_on_timer(u);
+        break;
     case UP_IDLE:
         up_close(u);
         break;
     case UP_RESOLVING:
     case UP_CONNECTING:
-        up_fail(u, 502, "connect timeout");
+        up_fail_retry(u, 502, "connect timeout");
         break;
     case UP_WAIT_HEAD:
+        up_count_failure(u, "response timeout");
         up_fail(u, 504, "backend response timeout");
         break;
     case UP_BODY:

@@ -673,6 +673,7 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
             return -1;
         }
     }
+    dm_health_update(cfg);
     return 0;
 }
 
@@ -739,6 +740,7 @@ int dm_workers_publish(struct cfg *cfg, struct dm_err *err)
         dm_gen_unref(old);
         worker_send(&workers[i], DM_WORKER_MSG_GEN);
     }
+    dm_health_update(cfg);
     /* Wait (bounded) until every worker took it, so that once a reload is
      * answered, every connection accepted afterwards gets the new config. A
      * worker stuck for longer still takes it at its next wakeup. */
@@ -785,6 +787,7 @@ void dm_workers_stop_handover(uint32_t deadline_ms)
 
 void dm_workers_stop(uint32_t deadline_ms)
 {
+    dm_health_stop();
     for (int i = 0; i < num_workers; i++) {
         struct dm_worker *w = &workers[i];
         atomic_store(&w->stop_deadline_ms, deadline_ms);

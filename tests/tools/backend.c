@@ -47,6 +47,8 @@
 
 static const char *backend_name = "backend";
 static const char *static_dir; /* --static: files served under /static/, or NULL */
+/* --delay MS: /hello answers after MS milliseconds (a slow backend). */
+static int64_t hello_delay_ms;
 static volatile sig_atomic_t stop_requested;
 static uint64_t conns_accepted;
 static uint64_t requests_total;
@@ -798,6 +800,11 @@ static void conn_start_request(struct conn *c)
     }
     default:
         break;
+    }
+    if (c->endpoint == EP_HELLO && hello_delay_ms > 0) {
+        c->endpoint = EP_DELAY;
+        c->interval_ms = hello_delay_ms;
+        c->piece_len = 1;
     }
     if (c->has_expect_continue && c->framing != BODY_NONE) {
         buf_printf(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -1636,7 +1643,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: dm_test_backend --listen ADDR [--listen ADDR]... [--name NAME] [--static DIR]\n"
+            "                       [--delay MS]\n"
             "  ADDR: 127.0.0.1:PORT, [::1]:PORT or unix:/path (PORT 0 picks a free port)\n"
+            "  --delay MS: /hello answers after MS ms (a slow backend)\n"
             "  prints \"ready PORT...\" on stdout once listening; exits 0 on SIGTERM/SIGINT\n"
             "endpoints: /hello /echo /headers /bytes?n=N[&chunked=1] /sum /delay?ms=N\n"
             "  /status?code=N /close /reset /half /ws /trailers\n"
@@ -1665,6 +1674,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--static") == 0 && i + 1 < argc) {
             static_dir = argv[++i];
+        } else if (strcmp(argv[i], "--delay") == 0 && i + 1 < argc) {
+            hello_delay_ms = strtoll(argv[++i], NULL, 10);
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;

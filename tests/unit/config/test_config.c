@@ -151,9 +151,25 @@ static bool cfg_equal(const struct cfg *a, const struct cfg *b)
             }
         }
         for (size_t j = 0; j < x->num_to; j++) {
-            if (!addr_eq(&x->to[j], &y->to[j])) {
+            if (!addr_eq(&x->to[j], &y->to[j]) || x->to_opts[j].weight != y->to_opts[j].weight ||
+                x->to_opts[j].max_connections != y->to_opts[j].max_connections) {
                 return false;
             }
+        }
+        const struct cfg_upstream *ux = &x->upstream, *uy = &y->upstream;
+        if (ux->policy != uy->policy || !str_eq(ux->cookie, uy->cookie) ||
+            ux->retries != uy->retries || ux->retry_timeout_ms != uy->retry_timeout_ms ||
+            ux->max_connections != uy->max_connections ||
+            ux->queue_timeout_ms != uy->queue_timeout_ms ||
+            !str_eq(ux->health.path, uy->health.path) ||
+            !str_eq(ux->health.host, uy->health.host) ||
+            ux->health.interval_ms != uy->health.interval_ms ||
+            ux->health.timeout_ms != uy->health.timeout_ms ||
+            ux->health.status_min != uy->health.status_min ||
+            ux->health.status_max != uy->health.status_max ||
+            ux->health.fails != uy->health.fails || ux->health.passes != uy->health.passes ||
+            memcmp(&ux->passive, &uy->passive, sizeof(ux->passive)) != 0) {
+            return false;
         }
     }
     return true;
@@ -381,8 +397,9 @@ TEST(test_bad_types)
                     "sites[0].hosts: expected an array of strings, got object");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\", 7], \"to\": \"127.0.0.1:1\"}",
                     "sites[0].hosts[1]: expected a string, got integer");
-    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": 8080}",
-                    "sites[0].to: expected a string or an array of strings, got integer");
+    EXPECT_BAD_SITE(
+        "{\"hosts\": [\"a.test\"], \"to\": 8080}",
+        "sites[0].to: expected a string or an array of strings or objects, got integer");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", null]}",
                     "sites[0].to[1]: expected a string, got null");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": true}",
@@ -520,6 +537,75 @@ TEST(test_problem_cap)
     free(json);
 }
 
+/* Site backends as objects and the upstream section: values, defaults, and
+ * problems that name their path. */
+TEST(test_upstream)
+{
+    struct cfg *c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", "
+                         "{\"address\": \"127.0.0.1:2\", \"weight\": 3, \"max_connections\": 5}], "
+                         "\"upstream\": {\"policy\": \"least_conn\", \"max_connections\": 7, "
+                         "\"tls\": {}, \"protocol\": \"h2c\", "
+                         "\"health_check\": {\"path\": \"/h\", \"status\": 204}, "
+                         "\"passive\": {\"statuses\": [502, 503]}}}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        const struct cfg_site *s = &c->sites[0];
+        CHECK_EQ_INT(s->num_to, 2);
+        CHECK_EQ_INT(s->to_opts[0].weight, 1);
+        CHECK_EQ_INT(s->to_opts[0].max_connections, 7);
+        CHECK_EQ_INT(s->to_opts[1].weight, 3);
+        CHECK_EQ_INT(s->to_opts[1].max_connections, 5);
+        CHECK_EQ_INT(s->upstream.policy, CFG_LB_LEAST_CONN);
+        CHECK_EQ_INT(s->upstream.retries, 2);
+        CHECK_EQ_INT(s->upstream.queue_timeout_ms, 3000);
+        CHECK_STR(s->upstream.cookie, "doorman_upstream");
+        CHECK_STR(s->upstream.health.path, "/h");
+        CHECK_EQ_INT(s->upstream.health.status_min, 204);
+        CHECK_EQ_INT(s->upstream.health.interval_ms, 5000);
+        CHECK_EQ_INT(s->upstream.passive.fails, 3);
+        CHECK(s->upstream.passive.statuses[0] == ((1ull << 2) | (1ull << 3)));
+        round_trip(c);
+    }
+    cfg_unref(c);
+    c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", \"127.0.0.1:2\"], "
+             "\"upstream\": {\"policy\": \"cookie\", \"cookie\": \"s\", \"retries\": 1, "
+             "\"retry_timeout\": \"1500ms\", \"queue_timeout\": \"0s\", "
+             "\"health_check\": {\"path\": \"/h\", \"status\": \"3xx\", \"host\": \"x.test\", "
+             "\"interval\": \"1s\", \"timeout\": \"1s\", \"fails\": 4, \"passes\": 5}, "
+             "\"passive\": {\"fails\": 0, \"statuses\": [599, 500]}}}]}");
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->sites[0].upstream.retries, 1);
+        CHECK_EQ_INT(c->sites[0].upstream.health.status_min, 300);
+        CHECK_EQ_INT(c->sites[0].upstream.health.status_max, 399);
+        round_trip(c);
+    } else {
+        print_problems();
+    }
+    cfg_unref(c);
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"policy\": \"foo\"}}",
+                    "sites[0].upstream.policy: \"foo\" is not one of round_robin, least_conn, "
+                    "random_two, ip_hash, cookie");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [{\"address\": \"127.0.0.1:1\", "
+                    "\"weight\": 0}]}",
+                    "sites[0].to[0].weight: must be 1..100, got 0");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [{\"weight\": 2}]}",
+                    "sites[0].to[0].address: required key is missing");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"health_check\": {\"interval\": \"1s\"}}}",
+                    "sites[0].upstream.health_check.path: required key is missing (the path to "
+                    "probe, e.g. \"/healthz\")");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"passive\": {\"statuses\": [404]}}}",
+                    "sites[0].upstream.passive.statuses[0]: must be 500..599, got 404");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", "
+                    "\"upstream\": {\"polcy\": \"ip_hash\"}}",
+                    "sites[0].upstream.polcy: unknown key (did you mean \"policy\"?)");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", \"127.0.0.1:1\"]}",
+                    "sites[0].to[1]: \"127.0.0.1:1\" is listed twice (use \"weight\" instead)");
+}
+
 TEST(test_unknown_keys)
 {
     EXPECT_BAD_ROOT("\"https-port\": 443",
@@ -536,8 +622,8 @@ TEST(test_unknown_keys)
                     "local_ca.lifetme: unknown key (did you mean \"lifetime\"?)");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"host\": [\"b.test\"]}",
                     "sites[0].host: unknown key (did you mean \"hosts\"?)");
-    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": \"x\"}",
-                    "sites[0].upstream: unknown key");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstreams\": \"x\"}",
+                    "sites[0].upstreams: unknown key (did you mean \"upstream\"?)");
     char json[512];
     snprintf(json, sizeof(json),
              "{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": "
@@ -1670,7 +1756,7 @@ TEST(test_http2)
 HARNESS_MAIN(T(test_setup), T(test_admin_and_ip_limits), T(test_minimal_defaults),
              T(test_acme_sites), T(test_quick_default_issuer), T(test_full_config),
              T(test_bad_types), T(test_bad_values), T(test_many_problems_at_once),
-             T(test_problem_cap), T(test_unknown_keys), T(test_duplicate_hosts),
+             T(test_problem_cap), T(test_unknown_keys), T(test_upstream), T(test_duplicate_hosts),
              T(test_host_names_and_wildcards), T(test_addresses), T(test_durations),
              T(test_tls_files), T(test_json_errors), T(test_data_dir), T(test_quick),
              T(test_dump_round_trip), T(test_refcount_and_generation), T(test_host_matches),
