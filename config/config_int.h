@@ -74,4 +74,12 @@ int cfg_cidr_format(char *out, size_t cap, const struct cfg_cidr *c);
  * ("90s", "7d", "250ms"), so parsing the text gives ms back. */
 void cfg_duration_format(char *out, size_t cap, uint64_t ms);
 
+/* validate_transport.c: the site's "upstream.protocol" and "upstream.tls"
+ * (site_path is "sites[N]"); builds the backend SSL_CTX. Problems are added
+ * to problems and counted in *num_found. base_dir: for relative paths (may be
+ * NULL). */
+void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const char *site_path,
+                        const char *base_dir, json_t *site, struct cfg_site *s);
+void cfg_transport_free(struct cfg_up_transport *t);
+
 #endif

@@ -103,7 +103,7 @@ static const char *const admin_keys[] = {"enabled", "listen", "token"};
 static const char *const http2_keys[] = {"enabled", "max_concurrent_streams", "max_resets"};
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
-static const char *const site_keys[] = {"hosts", "to", "tls"};
+static const char *const site_keys[] = {"hosts", "to", "tls", "upstream"};
 static const char *const tls_keys[] = {"cert", "key", "acme", "on_demand"};
 static const char *const ondemand_keys[] = {
     "ask",           "ask_timeout",         "ask_cache",    "allow",           "orders_per_minute",
@@ -1604,6 +1604,8 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_hosts(k, v, s);
     read_to(k, v, s);
     read_tls(k, v, s);
+    cfg_transport_read(k->problems, &k->num_found, k->path,
+                       json_object_get(v, "upstream") != NULL ? base_dir(k) : NULL, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {
         /* Every issuer may end up ordering, so every one needs dns-01. */
         bool has_dns01 = true;

@@ -22,6 +22,7 @@
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
 #include "proxy/proxy_int.h"
+#include "proxy/upstream_tr.h"
 
 /* Idle backend connections kept per backend and worker, and how long. An
  * HTTP/2 client multiplexes many streams and each one needs a backend
@@ -40,6 +41,7 @@
 enum up_state {
     UP_RESOLVING = 0,
     UP_CONNECTING,
+    UP_HANDSHAKE, /* backend TLS (upstream_tls.c) */
     UP_WAIT_HEAD, /* request going out, response head expected */
     UP_BODY,      /* response body flowing to the client */
     UP_TUNNEL,    /* after 101 */
@@ -47,7 +49,8 @@ enum up_state {
 };
 
 struct dm_upstream_pool {
-    char *key; /* owned: backend address text */
+    char *key;          /* owned: backend address text */
+    struct dm_up_tr tr; /* how to reach it: TLS, HTTP/2 (upstream_tr.h) */
     struct dm_upstream_conn *idle;
     int num_idle;
     struct dm_upstream_pool *next;
@@ -58,6 +61,7 @@ struct dm_upstream_conn {
     struct dm_stream *s;           /* borrowed: request being served, NULL when idle */
     struct dm_upstream_pool *pool; /* borrowed */
     int fd;
+    SSL *ssl; /* owned: backend TLS (upstream_tls.c), NULL for cleartext */
     enum up_state state;
     struct event rev, wev, timer;
     struct evbuffer *in, *out;   /* owned */
@@ -86,6 +90,7 @@ struct dm_upstream_conn {
 static void up_on_read(evutil_socket_t fd, short what, void *arg);
 static void up_on_write(evutil_socket_t fd, short what, void *arg);
 static void up_on_timer(evutil_socket_t fd, short what, void *arg);
+static void up_tls_step(struct dm_upstream_conn *u);
 static void up_close(struct dm_upstream_conn *u);
 static void up_process(struct dm_upstream_conn *u);
 static void up_arm_wait(struct dm_upstream_conn *u);
@@ -108,15 +113,24 @@ static void up_set_timer(struct dm_upstream_conn *u, uint32_t ms)
     evtimer_add(&u->timer, &tv);
 }
 
-static struct dm_upstream_pool *pool_get(struct dm_worker *w, const char *key)
+/* pool_get finds or makes the pool of addr reached over transport t (NULL:
+ * plain HTTP/1.1): pools key on address and transport. */
+static struct dm_upstream_pool *pool_get(struct dm_worker *w, const struct cfg_addr *addr,
+                                         const struct cfg_up_transport *t)
 {
+    const char *key = addr->text;
     for (struct dm_upstream_pool *p = w->pools; p != NULL; p = p->next) {
-        if (strcmp(p->key, key) == 0) {
+        if (strcmp(p->key, key) == 0 && dm_up_tr_matches(&p->tr, t)) {
+            dm_up_tr_refresh(&p->tr, t);
             return p;
         }
     }
     struct dm_upstream_pool *p = calloc(1, sizeof(*p));
-    if (p == NULL || (p->key = strdup(key)) == NULL) {
+    if (p == NULL || (p->key = strdup(key)) == NULL || dm_up_tr_init(&p->tr, addr, t) != 0) {
+        if (p != NULL) {
+            free(p->key);
+            dm_up_tr_cleanup(&p->tr);
+        }
         free(p);
         return NULL;
     }
@@ -252,7 +266,7 @@ static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct ev
 int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf)
 {
     struct dm_worker *w = s->c->w;
-    struct dm_upstream_pool *pool = pool_get(w, addr->text);
+    struct dm_upstream_pool *pool = pool_get(w, addr, s->site ? s->site->transport : NULL);
     if (pool == NULL) {
         return -1;
     }
@@ -325,11 +339,12 @@ struct evbuffer *dm_upstream_input(struct dm_upstream_conn *u)
 
 static void up_flush(struct dm_upstream_conn *u)
 {
-    if (u->fd < 0 || u->state == UP_CONNECTING || u->state == UP_RESOLVING) {
+    if (u->fd < 0 || u->state == UP_CONNECTING || u->state == UP_RESOLVING ||
+        u->state == UP_HANDSHAKE) {
         return;
     }
     while (evbuffer_get_length(u->out) > 0) {
-        int n = evbuffer_write(u->out, u->fd);
+        int n = u->ssl != NULL ? dm_uptls_write(u->ssl, u->out) : evbuffer_write(u->out, u->fd);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
                 event_add(&u->wev, NULL);
@@ -428,6 +443,9 @@ static void up_close(struct dm_upstream_conn *u)
         event_del(&u->wev);
     }
     evtimer_del(&u->timer);
+    if (u->ssl != NULL) {
+        SSL_free(u->ssl);
+    }
     if (u->fd >= 0) {
         close(u->fd);
     }
@@ -487,6 +505,7 @@ void dm_upstream_pools_free(struct dm_worker *w)
         }
         struct dm_upstream_pool *next = p->next;
         free(p->key);
+        dm_up_tr_cleanup(&p->tr);
         free(p);
         p = next;
     }
@@ -518,7 +537,7 @@ static bool up_try_retry(struct dm_upstream_conn *u)
     up_close(u);
     DM_LOG_DBG("upstream", "c=%llu retrying on a new connection to %s",
                (unsigned long long)st->c->id, addr->text);
-    struct dm_upstream_pool *pool = pool_get(st->c->w, addr->text);
+    struct dm_upstream_pool *pool = pool_get(st->c->w, addr, s->transport);
     struct dm_upstream_conn *n = pool ? up_new(st->c->w, pool) : NULL;
     if (n == NULL) {
         evbuffer_free(head);
@@ -697,14 +716,54 @@ static void up_process(struct dm_upstream_conn *u)
     }
 }
 
+/* up_tls_step advances the backend TLS handshake (the connect timer still
+ * runs); once done, the exchange goes on as over cleartext. */
+static void up_tls_step(struct dm_upstream_conn *u)
+{
+    char why[256]; /* only logged, synchronously, inside up_fail */
+    if (u->ssl == NULL && (u->ssl = dm_uptls_new(&u->pool->tr, u->fd)) == NULL) {
+        up_fail(u, 502, "backend TLS setup failed");
+        return;
+    }
+    bool want_write;
+    int r = dm_uptls_handshake(u->ssl, &want_write, why, sizeof(why));
+    if (r < 0) {
+        up_fail(u, 502, why);
+        return;
+    }
+    if (r == 0) {
+        if (want_write) {
+            event_add(&u->wev, NULL);
+        } else {
+            event_del(&u->wev);
+        }
+        return;
+    }
+    DM_LOG_DBG("upstream", "%s: TLS %s%s", u->pool->key, SSL_get_version(u->ssl),
+               SSL_session_reused(u->ssl) ? " (resumed)" : "");
+    u->state = UP_WAIT_HEAD;
+    up_arm_wait(u);
+    up_flush(u);
+    if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
+        dm_stream_on_upstream_writable(u->s);
+    }
+}
+
 static void up_on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct dm_upstream_conn *u = arg;
     up_hold(u);
     if (u->state == UP_IDLE) {
-        /* Data or EOF on an idle connection: it cannot be reused. */
-        up_close(u);
+        /* Data or EOF on an idle connection: it cannot be reused (TLS:
+         * unless it was only a session ticket). */
+        if (u->ssl == NULL || !dm_uptls_idle_ok(u->ssl)) {
+            up_close(u);
+        }
+        goto out;
+    }
+    if (u->state == UP_HANDSHAKE) {
+        up_tls_step(u);
         goto out;
     }
     /* recv into reserved buffer space: no FIONREAD first (evbuffer_read asks
@@ -718,7 +777,8 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
             u->eof = true;
             break;
         }
-        ssize_t n = recv(fd, vec.iov_base, vec.iov_len, 0);
+        ssize_t n = u->ssl != NULL ? dm_uptls_read(u->ssl, vec.iov_base, vec.iov_len)
+                                   : recv(fd, vec.iov_base, vec.iov_len, 0);
         if (n > 0) {
             vec.iov_len = (size_t)n;
             evbuffer_commit_space(u->in, &vec, 1);
@@ -738,6 +798,9 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
         break;
     }
     u->big_reads = total >= UP_SMALL_CHUNK;
+    if (u->ssl != NULL && !u->eof && SSL_pending(u->ssl) > 0) {
+        event_active(&u->rev, EV_READ, 0); /* decrypted bytes the socket no longer signals */
+    }
     up_process(u);
 out:
     up_release(u);
@@ -758,7 +821,16 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg)
         }
         u->state = UP_WAIT_HEAD;
         event_add(&u->rev, NULL);
+        if (u->pool->tr.is_tls) {
+            u->state = UP_HANDSHAKE;
+            up_tls_step(u);
+            goto out;
+        }
         up_arm_wait(u);
+    }
+    if (u->state == UP_HANDSHAKE) {
+        up_tls_step(u);
+        goto out;
     }
     up_flush(u);
     if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
@@ -787,6 +859,9 @@ static void up_on_timer(evutil_socket_t fd, short what, void *arg)
     case UP_RESOLVING:
     case UP_CONNECTING:
         up_fail(u, 502, "connect timeout");
+        break;
+    case UP_HANDSHAKE:
+        up_fail(u, 502, "backend TLS handshake timeout");
         break;
     case UP_WAIT_HEAD:
         up_fail(u, 504, "backend response timeout");
