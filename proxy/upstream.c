@@ -61,7 +61,8 @@ struct dm_upstream_conn {
     struct dm_stream *s;           /* borrowed: request being served, NULL when idle */
     struct dm_upstream_pool *pool; /* borrowed */
     int fd;
-    SSL *ssl; /* owned: backend TLS (upstream_tls.c), NULL for cleartext */
+    SSL *ssl;                  /* owned: backend TLS (upstream_tls.c), NULL for cleartext */
+    struct dm_uph2_stream *h2; /* owned: the HTTP/2 stream carrying this exchange, or NULL */
     enum up_state state;
     struct event rev, wev, timer;
     struct evbuffer *in, *out;   /* owned */
@@ -263,12 +264,64 @@ static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct ev
     evbuffer_add_buffer(u->out, head);
 }
 
+/* ---- HTTP/2 backends (upstream_h2.c): the exchange runs on a stream ---- */
+
+static int up_start_h2(struct dm_stream *s, struct dm_upstream_pool *pool,
+                       const struct cfg_addr *addr, struct evbuffer *head_buf)
+{
+    struct dm_upstream_conn *u = up_new(s->c->w, pool);
+    if (u == NULL) {
+        return -1;
+    }
+    up_attach(u, s, head_buf);
+    u->state = UP_WAIT_HEAD;
+    u->h2 = dm_uph2_open(s->c->w, &pool->tr, addr, u, u->in, u->out,
+                         s->c->gen->cfg->timeouts.connect_ms);
+    if (u->h2 == NULL) {
+        up_defer_fail(u, 502, "cannot reach the HTTP/2 backend");
+        return 0;
+    }
+    up_arm_wait(u);
+    return 0;
+}
+
+void dm_upstream_h2_on_input(struct dm_upstream_conn *u)
+{
+    up_hold(u);
+    u->got_bytes = true;
+    up_process(u);
+    up_release(u);
+}
+
+void dm_upstream_h2_on_error(struct dm_upstream_conn *u, const char *why)
+{
+    up_hold(u);
+    if (u->state == UP_WAIT_HEAD && evbuffer_get_length(u->in) == 0) {
+        up_fail(u, 502, why);
+    } else if (!u->closed) {
+        DM_LOG_DBG("upstream", "%s: %s", u->pool->key, why);
+        u->eof = true; /* the response is cut short: upstream.c aborts it */
+        up_process(u);
+    }
+    up_release(u);
+}
+
+void dm_upstream_h2_on_writable(struct dm_upstream_conn *u)
+{
+    if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
+        dm_stream_on_upstream_writable(u->s);
+    }
+}
+
 int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct evbuffer *head_buf)
 {
     struct dm_worker *w = s->c->w;
     struct dm_upstream_pool *pool = pool_get(w, addr, s->site ? s->site->transport : NULL);
     if (pool == NULL) {
         return -1;
+    }
+    if (pool->tr.protocol != CFG_UP_HTTP1) {
+        return up_start_h2(s, pool, addr, head_buf);
     }
     struct dm_upstream_conn *u = pool->idle;
     if (u != NULL) {
@@ -339,6 +392,11 @@ struct evbuffer *dm_upstream_input(struct dm_upstream_conn *u)
 
 static void up_flush(struct dm_upstream_conn *u)
 {
+    if (u->h2 != NULL) {
+        dm_uph2_kick(u->h2);
+        up_arm_wait(u);
+        return;
+    }
     if (u->fd < 0 || u->state == UP_CONNECTING || u->state == UP_RESOLVING ||
         u->state == UP_HANDSHAKE) {
         return;
@@ -402,7 +460,11 @@ void dm_upstream_pause(struct dm_upstream_conn *u)
 {
     if (!u->paused && !u->closed) {
         u->paused = true;
-        event_del(&u->rev);
+        if (u->h2 != NULL) {
+            dm_uph2_pause(u->h2, true);
+        } else {
+            event_del(&u->rev);
+        }
         /* The client is the slow side now; its own timer watches it. */
         evtimer_del(&u->timer);
     }
@@ -412,7 +474,11 @@ void dm_upstream_resume(struct dm_upstream_conn *u)
 {
     if (u->paused && !u->closed) {
         u->paused = false;
-        event_add(&u->rev, NULL);
+        if (u->h2 != NULL) {
+            dm_uph2_pause(u->h2, false);
+        } else {
+            event_add(&u->rev, NULL);
+        }
         if (u->state == UP_BODY && u->s != NULL) {
             up_set_timer(u, u->s->c->gen->cfg->timeouts.body_ms);
         }
@@ -437,6 +503,10 @@ static void up_close(struct dm_upstream_conn *u)
     if (u->dns != NULL) {
         evdns_getaddrinfo_cancel(u->dns);
         u->dns = NULL;
+    }
+    if (u->h2 != NULL) {
+        dm_uph2_close(u->h2);
+        u->h2 = NULL;
     }
     if (u->events_added) {
         event_del(&u->rev);
@@ -467,8 +537,8 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
     }
-    if (!reusable || u->eof || evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
-        u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
+    if (!reusable || u->h2 != NULL || u->eof || evbuffer_get_length(u->in) > 0 ||
+        evbuffer_get_length(u->out) > 0 || u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
         up_close(u);
         return;
     }
@@ -504,6 +574,7 @@ void dm_upstream_pools_free(struct dm_worker *w)
             up_close(p->idle);
         }
         struct dm_upstream_pool *next = p->next;
+        dm_uph2_pool_close(&p->tr);
         free(p->key);
         dm_up_tr_cleanup(&p->tr);
         free(p);

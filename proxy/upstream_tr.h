@@ -57,4 +57,29 @@ int dm_uptls_write(SSL *ssl, struct evbuffer *out);
  * tickets, close_notify): true if it can still be reused. */
 bool dm_uptls_idle_ok(SSL *ssl);
 
+/* upstream_h2.c: one exchange as a stream on a multiplexed HTTP/2
+ * connection to the pool's backend. The request is read from u_out as
+ * HTTP/1.1 (head, then Content-Length or chunked body); the response is
+ * written to u_in as HTTP/1.1 (head, chunked body, trailers). */
+struct dm_uph2_stream;
+struct dm_uph2_stream *dm_uph2_open(struct dm_worker *w, struct dm_up_tr *tr,
+                                    const struct cfg_addr *addr, struct dm_upstream_conn *u,
+                                    struct evbuffer *u_in, struct evbuffer *u_out,
+                                    uint32_t connect_ms);
+/* dm_uph2_kick: u_out has new bytes (sent from the loop, not at once). */
+void dm_uph2_kick(struct dm_uph2_stream *hs);
+/* dm_uph2_pause stops (or restarts) opening the stream's receive window. */
+void dm_uph2_pause(struct dm_uph2_stream *hs, bool paused);
+/* dm_uph2_close lets go of hs (resets the stream if it is unfinished). */
+void dm_uph2_close(struct dm_uph2_stream *hs);
+/* dm_uph2_pool_close closes the pool's HTTP/2 connections (worker exit). */
+void dm_uph2_pool_close(struct dm_up_tr *tr);
+
+/* upstream.c, called by upstream_h2.c: response bytes were added to the
+ * exchange's input; the stream failed (502 before the response started, an
+ * abort after); the request output drained below DM_BUF_LOW. */
+void dm_upstream_h2_on_input(struct dm_upstream_conn *u);
+void dm_upstream_h2_on_error(struct dm_upstream_conn *u, const char *why);
+void dm_upstream_h2_on_writable(struct dm_upstream_conn *u);
+
 #endif

@@ -235,5 +235,171 @@ class BackendTLSTest(dmtest.DmTestCase):
             self.assertIn(want, out, up)
 
 
+def h2_backend_bin():
+    p = os.environ.get("DM_H2_BACKEND_BIN")
+    if not p:
+        p = os.path.join(os.path.dirname(dmtest.backend_bin()), "dm_test_h2_backend")
+    return p
+
+
+def start_h2_backend(env, name, *args):
+    p = env.spawn(f"h2backend-{name}", [h2_backend_bin(), "--name", name, *args])
+
+    def ready():
+        if not p.alive():
+            raise AssertionError(f"h2 backend exited: {p.stderr()}")
+        m = re.search(r"^ready (\d+)", p.stdout(), re.M)
+        return int(m.group(1)) if m else None
+    return p, dmtest.wait_until(ready, 10, what="h2 backend ready")
+
+
+def grpc_frame(msg):
+    return b"\0" + struct.pack(">I", len(msg)) + msg
+
+
+class BackendH2Test(dmtest.DmTestCase):
+    """h2c and h2 (TLS) backends behind doorman, with HTTP/2 and HTTP/1.1 clients."""
+
+    @classmethod
+    def setUpEnv(cls):
+        env = cls.env
+        d = env.new_dir("pki")
+        cls.ca = make_ca(d, "testca")
+        cert, key = make_cert(d, "testca", "h2backend", "DNS:h2.backend,IP:127.0.0.1")
+        _, cls.h2c_port = start_h2_backend(env, "cleartext")
+        _, cls.h2s_port = start_h2_backend(env, "secure", "--tls", cert, key)
+        _, cls.lim_port = start_h2_backend(env, "limited", "--max-streams", "3")
+        sites = [
+            {"hosts": ["c.test"], "to": f"127.0.0.1:{cls.h2c_port}",
+             "upstream": {"protocol": "h2c"}},
+            {"hosts": ["s.test"], "to": f"127.0.0.1:{cls.h2s_port}",
+             "upstream": {"protocol": "h2", "tls": {"ca": cls.ca, "server_name": "h2.backend"}}},
+            {"hosts": ["lim.test"], "to": f"127.0.0.1:{cls.lim_port}",
+             "upstream": {"protocol": "h2c"}},
+        ]
+        cls.d = env.doorman_run(dmtest.base_config(env.new_dir(), dmtest.free_port(), sites))
+
+    def nghttp(self, host, path, *args, timeout=60):
+        nghttp = dmtest.require_tool("nghttp", "nghttp2-client")
+        r = dmtest.run([nghttp, "--no-verify-peer" if False else "-v", "-H",
+                        f":authority: {host}", *args,
+                        f"https://127.0.0.1:{self.d.https_port}{path}"], timeout=timeout,
+                       env={**os.environ, "SSL_CERT_FILE": self.d.ca()})
+        return r
+
+    def test_hello_both_client_protocols(self):
+        for host, be in (("c.test", "cleartext"), ("s.test", "secure")):
+            for proto in ("--http1.1", "--http2"):
+                r = self.d.curl(host, "/hello", proto, "-i")
+                out = dmtest.text(r.stdout)
+                self.assertIn(f"hello from h2 {be}", out, (host, proto))
+                self.assertIn("x-backend: " + be, out.lower())
+
+    def test_grpc_unary_trailers_to_h2_client(self):
+        body = grpc_frame(b"ping 123")
+        bf = self.env.path("grpc-req.bin")
+        with open(bf, "wb") as f:
+            f.write(body)
+        for host in ("c.test", "s.test"):
+            r = self.nghttp(host, "/grpc.test.Echo/Unary", "-d", bf,
+                            "-H", "content-type: application/grpc", "-H", "te: trailers")
+            out = dmtest.text(r.stdout)
+            self.assertEqual(r.returncode, 0, out[-2000:])
+            self.assertRegex(out, r"recv \(stream_id=\d+\) grpc-status: 0")
+            self.assertRegex(out, r"recv \(stream_id=\d+\) grpc-message: echoed")
+            self.assertRegex(out, r"recv HEADERS frame <length=\d+, flags=0x05, stream_id=\d+>",
+                             "trailers not in a final HEADERS frame")
+            self.assertIn("ping 123", out)
+
+    def test_grpc_unary_trailers_to_h1_client(self):
+        r = self.d.curl("c.test", "/grpc.test.Echo/Unary", "--http1.1", "--raw", "-i",
+                        "-H", "content-type: application/grpc", "--data-binary",
+                        "@" + self._grpc_file(b"hi"))
+        out = dmtest.text(r.stdout)
+        self.assertIn("transfer-encoding: chunked", out.lower())
+        self.assertRegex(out, r"\r\n0\r\ngrpc-status: 0\r\ngrpc-message: echoed\r\n\r\n$")
+
+    def _grpc_file(self, msg):
+        p = self.env.path(f"msg-{len(msg)}.bin")
+        with open(p, "wb") as f:
+            f.write(grpc_frame(msg))
+        return p
+
+    def test_server_streaming_arrives_over_time(self):
+        t0 = time.monotonic()
+        r = self.nghttp("c.test", "/grpc.test.Echo/Stream", "-d", self._grpc_file(b"go"),
+                        "-H", "content-type: application/grpc", "-H", "x-count: 6",
+                        "-H", "x-interval-ms: 250")
+        took = time.monotonic() - t0
+        out = dmtest.text(r.stdout)
+        self.assertEqual(r.returncode, 0, out[-2000:])
+        for k in range(1, 7):
+            self.assertIn(f"message {k} of 6", out)
+        self.assertRegex(out, r"recv \(stream_id=\d+\) grpc-status: 0")
+        self.assertGreater(took, 1.2)
+        # Messages come as separate DATA frames over time, not one buffered lump.
+        times = [float(m) for m in re.findall(r"\[\s*([\d.]+)\] recv DATA frame", out)]
+        self.assertGreaterEqual(len(times), 6, out[-3000:])
+        self.assertGreater(times[-1] - times[0], 1.0)
+
+    def test_many_concurrent_streams_h2_client(self):
+        for host in ("c.test", "s.test", "lim.test"):
+            urls = [f"https://127.0.0.1:{self.d.https_port}/bytes/{1000 + i}" for i in range(60)]
+            nghttp = dmtest.require_tool("nghttp", "nghttp2-client")
+            r = dmtest.run([nghttp, "-n", "-s", "-m", "1", "-H", f":authority: {host}", *urls],
+                           timeout=60, env={**os.environ, "SSL_CERT_FILE": self.d.ca()})
+            out = dmtest.text(r.stdout)
+            self.assertEqual(r.returncode, 0, out[-2000:] + dmtest.text(r.stderr)[-2000:])
+            self.assertEqual(len(re.findall(r"\s200\s", out)), 60, (host, out[-3000:]))
+
+    def test_concurrent_h1_clients(self):
+        results = []
+
+        def one(i):
+            r = self.d.curl("lim.test", f"/bytes/{5000 + i}", "--http1.1", check=False)
+            results.append(r.returncode == 0 and r.stdout == dmtest.pattern(5000 + i))
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(results, [True] * 20)
+
+    def test_large_download_and_upload(self):
+        n = 20 * 1024 * 1024
+        for host in ("c.test", "s.test"):
+            r = self.d.curl(host, f"/bytes/{n}", "--http2", "-o", "-")
+            self.assertEqual(len(r.stdout), n)
+            self.assertEqual(r.stdout[:52], dmtest.pattern(52))
+            self.assertEqual(dmtest.fnv1a64(r.stdout[-1000:]), dmtest.fnv1a64(
+                dmtest.pattern(1000, n - 1000)))
+            data = os.urandom(8 * 1024 * 1024)
+            up = self.env.path("upload.bin")
+            with open(up, "wb") as f:
+                f.write(data)
+            want = f"len={len(data)} fnv={dmtest.fnv1a64(data)}"
+            for proto in ("--http2", "--http1.1"):
+                r = self.d.curl(host, "/upload", proto, "--data-binary", "@" + up)
+                self.assertEqual(dmtest.text(r.stdout).strip(), want, (host, proto))
+            # chunked upload from an HTTP/1.1 client
+            r = self.d.curl(host, "/upload", "--http1.1", "-H", "Transfer-Encoding: chunked",
+                            "--data-binary", "@" + up)
+            self.assertEqual(dmtest.text(r.stdout).strip(), want)
+
+    def test_backend_reset_is_502(self):
+        for proto in ("--http2", "--http1.1"):
+            r = self.d.curl("c.test", "/rst", proto, "-o", "/dev/null", "-w", "%{http_code}")
+            self.assertEqual(dmtest.text(r.stdout), "502")
+        self.d.wait_log(lambda l: "backend reset the HTTP/2 stream" in l, what="reset log")
+        # A reset after the response started aborts it (no clean end).
+        r = self.d.curl("c.test", "/rst-mid", "--http2", "-o", "/dev/null", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        r = self.d.curl("c.test", "/rst-mid", "--http1.1", "-o", "/dev/null", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        # and the connection keeps serving
+        r = self.d.curl("c.test", "/hello", "--http2")
+        self.assertIn(b"hello from h2 cleartext", r.stdout)
+
+
 if __name__ == "__main__":
     dmtest.main()
