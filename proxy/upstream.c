@@ -21,6 +21,7 @@
 
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
+#include "proxy/dns_cache.h"
 #include "proxy/proxy_int.h"
 #include "proxy/upstream_tr.h"
 
@@ -65,9 +66,10 @@ struct dm_upstream_conn {
     struct dm_uph2_stream *h2; /* owned: the HTTP/2 stream carrying this exchange, or NULL */
     enum up_state state;
     struct event rev, wev, timer;
-    struct evbuffer *in, *out;   /* owned */
-    struct evbuffer *retry_head; /* owned: copy of the head while a stale-retry is possible */
-    struct evdns_getaddrinfo_request *dns;
+    struct evbuffer *in, *out;    /* owned */
+    struct evbuffer *retry_head;  /* owned: copy of the head while a stale-retry is possible */
+    struct dm_dns_wait *dns_wait; /* a backend name being resolved (dns_cache.c) */
+    unsigned dns_gen;             /* the name's address generation at connect */
     uint16_t port;
     struct dm_http1_parser parser;
     struct dm_http1_msg msg;
@@ -237,23 +239,17 @@ static void up_connect_addr(struct dm_upstream_conn *u, const struct sockaddr *s
     up_set_timer(u, u->s->c->gen->cfg->timeouts.connect_ms);
 }
 
-static void up_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+static void up_on_dns(int err, const struct sockaddr *sa, socklen_t len, unsigned gen, void *arg)
 {
     struct dm_upstream_conn *u = arg;
-    u->dns = NULL;
-    if (result == EVUTIL_EAI_CANCEL) {
-        return; /* up_close canceled us; u is already gone from the client */
-    }
-    if (result != 0 || res == NULL) {
-        DM_LOG_DBG("upstream", "resolve %s: %s", u->pool->key, evutil_gai_strerror(result));
-        if (res != NULL) {
-            evutil_freeaddrinfo(res);
-        }
+    u->dns_wait = NULL;
+    u->dns_gen = gen;
+    if (err != 0) {
+        DM_LOG_DBG("upstream", "resolve %s failed", u->pool->key);
         up_defer_fail(u, 502, "name resolution failed");
         return;
     }
-    up_connect_addr(u, res->ai_addr, (socklen_t)res->ai_addrlen);
-    evutil_freeaddrinfo(res);
+    up_connect_addr(u, sa, len);
 }
 
 static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct evbuffer *head)
@@ -324,6 +320,12 @@ int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct e
         return up_start_h2(s, pool, addr, head_buf);
     }
     struct dm_upstream_conn *u = pool->idle;
+    /* DNS moved the name elsewhere: connections to the old addresses go. */
+    while (u != NULL && addr->kind == CFG_ADDR_HOSTNAME &&
+           u->dns_gen != dm_dns_generation(w, addr->host)) {
+        up_close(u);
+        u = pool->idle;
+    }
     if (u != NULL) {
         pool_remove(u);
         evtimer_del(&u->timer);
@@ -355,19 +357,11 @@ int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct e
         up_connect_addr(u, (const struct sockaddr *)&addr->ss, addr->ss_len);
         break;
     case CFG_ADDR_HOSTNAME: {
-        struct evutil_addrinfo hints;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_protocol = IPPROTO_TCP;
-        hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
-        char port[8];
-        snprintf(port, sizeof(port), "%u", addr->port);
         u->state = UP_RESOLVING;
         up_set_timer(u, s->c->gen->cfg->timeouts.connect_ms);
         up_hold(u);
-        /* May call back at once (cached or numeric); that path only defers. */
-        u->dns = evdns_getaddrinfo(w->dns, addr->host, port, &hints, up_on_resolved, u);
+        /* Calls back at once when cached (dns_cache.c); that path only defers. */
+        u->dns_wait = dm_dns_resolve(w, addr->host, addr->port, up_on_dns, u);
         up_release(u);
         break;
     }
@@ -500,9 +494,9 @@ static void up_close(struct dm_upstream_conn *u)
     if (u->state == UP_IDLE) {
         pool_remove(u);
     }
-    if (u->dns != NULL) {
-        evdns_getaddrinfo_cancel(u->dns);
-        u->dns = NULL;
+    if (u->dns_wait != NULL) {
+        dm_dns_cancel(u->dns_wait);
+        u->dns_wait = NULL;
     }
     if (u->h2 != NULL) {
         dm_uph2_close(u->h2);

@@ -28,6 +28,7 @@
 
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
+#include "proxy/dns_cache.h"
 #include "proxy/proxy_int.h"
 #include "proxy/upstream_tr.h"
 
@@ -58,7 +59,7 @@ struct dm_uph2_conn {
     enum h2c_state state;
     struct event rev, wev, timer, flush_ev;
     bool events_added;
-    struct evdns_getaddrinfo_request *dns;
+    struct dm_dns_wait *dns;        /* backend name being resolved (dns_cache.c) */
     nghttp2_session *sess;          /* owned once connected */
     struct evbuffer *wbuf;          /* owned: frames not yet written */
     struct dm_uph2_stream *streams; /* every stream of this connection */
@@ -521,7 +522,7 @@ static void h2c_close(struct dm_uph2_conn *hc)
         *pp = hc->next;
     }
     if (hc->dns != NULL) {
-        evdns_getaddrinfo_cancel(hc->dns);
+        dm_dns_cancel(hc->dns);
         hc->dns = NULL;
     }
     if (hc->events_added) {
@@ -866,21 +867,17 @@ static void h2c_connect_addr(struct dm_uph2_conn *hc, const struct sockaddr *sa,
     event_add(&hc->wev, NULL);
 }
 
-static void h2c_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+static void h2c_on_resolved(int err, const struct sockaddr *sa, socklen_t len, unsigned gen,
+                            void *arg)
 {
+    (void)gen;
     struct dm_uph2_conn *hc = arg;
     hc->dns = NULL;
-    if (result == EVUTIL_EAI_CANCEL) {
-        return;
-    }
     h2c_hold(hc);
-    if (result != 0 || res == NULL) {
+    if (err != 0) {
         h2c_fail(hc, "name resolution failed");
     } else {
-        h2c_connect_addr(hc, res->ai_addr, (socklen_t)res->ai_addrlen);
-    }
-    if (res != NULL) {
-        evutil_freeaddrinfo(res);
+        h2c_connect_addr(hc, sa, len);
     }
     h2c_release(hc);
 }
@@ -915,16 +912,8 @@ static struct dm_uph2_conn *h2c_new(struct dm_worker *w, struct dm_up_tr *tr,
     evtimer_add(&hc->timer, &tv);
     h2c_hold(hc);
     if (addr->kind == CFG_ADDR_HOSTNAME) {
-        struct evutil_addrinfo hints;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_protocol = IPPROTO_TCP;
-        hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
-        char port[8];
-        snprintf(port, sizeof(port), "%u", addr->port);
         hc->state = H2C_RESOLVING;
-        hc->dns = evdns_getaddrinfo(w->dns, addr->host, port, &hints, h2c_on_resolved, hc);
+        hc->dns = dm_dns_resolve(w, addr->host, addr->port, h2c_on_resolved, hc);
     } else {
         h2c_connect_addr(hc, (const struct sockaddr *)&addr->ss, addr->ss_len);
     }
