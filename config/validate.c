@@ -104,6 +104,9 @@ static const char *const http2_keys[] = {"enabled", "max_concurrent_streams", "m
 static const char *const log_keys[] = {"level", "format", "access", "access_format"};
 static const char *const local_ca_keys[] = {"lifetime"};
 static const char *const site_keys[] = {"hosts", "to", "tls", "upstream"};
+/* The backend transport keys (validate_transport.c). Balancing and health
+ * checks add theirs here. */
+static const char *const upstream_keys[] = {"protocol", "tls"};
 static const char *const tls_keys[] = {"cert", "key", "acme", "on_demand"};
 static const char *const ondemand_keys[] = {
     "ask",           "ask_timeout",         "ask_cache",    "allow",           "orders_per_minute",
@@ -1604,6 +1607,16 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_hosts(k, v, s);
     read_to(k, v, s);
     read_tls(k, v, s);
+    json_t *up = json_object_get(v, "upstream");
+    if (up != NULL) {
+        size_t mark = path_push_key(k, "upstream");
+        if (!json_is_object(up)) {
+            problem_type(k, "an object", up);
+        } else {
+            check_keys(k, up, upstream_keys, NUM(upstream_keys));
+        }
+        path_pop(k, mark);
+    }
     cfg_transport_read(k->problems, &k->num_found, k->path,
                        json_object_get(v, "upstream") != NULL ? base_dir(k) : NULL, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {

@@ -124,7 +124,9 @@ static struct dm_upstream_pool *pool_get(struct dm_worker *w, const struct cfg_a
     const char *key = addr->text;
     for (struct dm_upstream_pool *p = w->pools; p != NULL; p = p->next) {
         if (strcmp(p->key, key) == 0 && dm_up_tr_matches(&p->tr, t)) {
-            dm_up_tr_refresh(&p->tr, t);
+            if (t != NULL && w->gen != NULL && w->gen->cfg != NULL && t->ssl_ctx != p->tr.ssl_ctx) {
+                dm_up_tr_refresh(&p->tr, t, w->gen->cfg);
+            }
             return p;
         }
     }

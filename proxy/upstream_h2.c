@@ -792,6 +792,9 @@ static void h2c_on_read(evutil_socket_t fd, short what, void *arg)
             break;
         }
     }
+    if (!hc->closed && hc->ssl != NULL && SSL_pending(hc->ssl) > 0) {
+        event_active(&hc->rev, EV_READ, 0); /* decrypted bytes the socket will not signal */
+    }
     if (!hc->closed) {
         h2c_flush(hc);
         if (!hc->closed && !nghttp2_session_want_read(hc->sess) &&

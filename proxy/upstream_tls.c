@@ -50,12 +50,23 @@ int dm_up_tr_init(struct dm_up_tr *tr, const struct cfg_addr *addr,
     return 0;
 }
 
-void dm_up_tr_refresh(struct dm_up_tr *tr, const struct cfg_up_transport *t)
+void dm_up_tr_refresh(struct dm_up_tr *tr, const struct cfg_up_transport *t,
+                      const struct cfg *current)
 {
-    if (t != NULL && t->ssl_ctx != NULL && tr->ssl_ctx != t->ssl_ctx) {
+    bool is_current = false;
+    for (size_t i = 0; i < current->num_sites && !is_current; i++) {
+        is_current = current->sites[i].transport == t;
+    }
+    if (is_current && t->ssl_ctx != NULL && tr->ssl_ctx != t->ssl_ctx) {
         SSL_CTX_up_ref(t->ssl_ctx);
         SSL_CTX_free(tr->ssl_ctx);
         tr->ssl_ctx = t->ssl_ctx;
+        /* A reload may have changed what the CA file trusts: a session from
+         * the old context must not skip the new verification. */
+        if (tr->session != NULL) {
+            SSL_SESSION_free(tr->session);
+            tr->session = NULL;
+        }
     }
 }
 

@@ -35,8 +35,11 @@ struct dm_up_tr {
 /* dm_up_tr_init fills tr for addr and t (NULL = plain HTTP/1.1). */
 int dm_up_tr_init(struct dm_up_tr *tr, const struct cfg_addr *addr,
                   const struct cfg_up_transport *t);
-/* dm_up_tr_refresh takes t's SSL_CTX if it is newer (after a reload). */
-void dm_up_tr_refresh(struct dm_up_tr *tr, const struct cfg_up_transport *t);
+/* dm_up_tr_refresh takes t's SSL_CTX after a reload (the CA file may say
+ * something new) if t belongs to current, the worker's newest config; the
+ * connections of older configs keep using what the pool has. */
+void dm_up_tr_refresh(struct dm_up_tr *tr, const struct cfg_up_transport *t,
+                      const struct cfg *current);
 void dm_up_tr_cleanup(struct dm_up_tr *tr);
 /* dm_up_tr_matches: does a pool for tr serve transport t? */
 bool dm_up_tr_matches(const struct dm_up_tr *tr, const struct cfg_up_transport *t);

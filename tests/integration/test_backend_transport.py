@@ -401,6 +401,41 @@ class BackendH2Test(dmtest.DmTestCase):
         self.assertIn(b"hello from h2 cleartext", r.stdout)
 
 
+class BackendH2FailureTest(dmtest.DmTestCase):
+    """Clients leaving mid-stream, and the HTTP/2 backend going away."""
+
+    def test_client_abort_then_backend_death(self):
+        env = self.new_env()
+        bp, port = start_h2_backend(env, "fragile")
+        cfg = dmtest.base_config(env.new_dir(), dmtest.free_port(),
+                                 [{"hosts": ["f.test"], "to": f"127.0.0.1:{port}",
+                                   "upstream": {"protocol": "h2c"}}])
+        d = env.doorman_run(cfg)
+        # A long server stream whose client gives up after a moment: doorman resets the
+        # backend stream and the shared connection keeps serving.
+        curl = dmtest.require_tool("curl", "curl")
+        r = dmtest.run([curl, "-sS", "--http2", "--max-time", "1", "--cacert", d.ca(),
+                        "--resolve", f"f.test:{d.https_port}:127.0.0.1",
+                        "-H", "content-type: application/grpc", "-H", "x-count: 50",
+                        "-H", "x-interval-ms: 200", "--data-binary", "x",
+                        f"https://f.test:{d.https_port}/grpc.test.Echo/Stream"], timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"message 1 of 50", r.stdout)
+        for _ in range(3):
+            r = d.curl("f.test", "/hello", "--http2", "-i")
+            self.assertIn("x-conn: 1", dmtest.text(r.stdout).lower(),
+                          "the multiplexed backend connection was not reused")
+        # The backend dies: requests get 502 (connect refused), not a hang.
+        bp.stop()
+        r = d.curl("f.test", "/hello", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}",
+                   check=False)
+        self.assertEqual(dmtest.text(r.stdout), "502")
+        # It comes back on the same port: traffic flows again on a new connection.
+        bp2, _ = start_h2_backend(env, "again", "--listen", f"127.0.0.1:{port}")
+        r = d.curl("f.test", "/hello", "--http2")
+        self.assertIn(b"hello from h2 again", r.stdout)
+
+
 class TinyDNS:
     """An authoritative DNS responder on 127.0.0.1 (UDP): A queries for one name get the
     current address with the current TTL; AAAA gets no records; other names NXDOMAIN."""

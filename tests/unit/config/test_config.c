@@ -537,7 +537,14 @@ TEST(test_unknown_keys)
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"host\": [\"b.test\"]}",
                     "sites[0].host: unknown key (did you mean \"hosts\"?)");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": \"x\"}",
-                    "sites[0].upstream: unknown key");
+                    "sites[0].upstream: expected an object, got string");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": "
+                    "{\"protocl\": \"h2c\"}}",
+                    "sites[0].upstream.protocl: unknown key (did you mean \"protocol\"?)");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": "
+                    "{\"protocol\": \"h2\", \"tls\": {\"ca\": \"/nonexistent/x.pem\"}}}",
+                    "sites[0].upstream.tls.ca: cannot read /nonexistent/x.pem: No such file or "
+                    "directory");
     char json[512];
     snprintf(json, sizeof(json),
              "{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": "
