@@ -191,6 +191,9 @@ static bool hs_skip_field(const struct dm_http1_header *h)
 
 static _Thread_local struct dm_http1_header hs_fields[H2U_MAX_FIELDS];
 static _Thread_local nghttp2_nv hs_nv[H2U_MAX_FIELDS + 5];
+/* Lower-cased copy of a request head; bigger heads get a malloc'd one. */
+#define H2U_SCRATCH (16 * 1024)
+static _Thread_local char hs_scratch[H2U_SCRATCH];
 
 static void hs_submit(struct dm_uph2_stream *hs)
 {
@@ -217,7 +220,7 @@ static void hs_submit(struct dm_uph2_stream *hs)
         return;
     }
     /* Lower-case names (HTTP/2 requires it) in one scratch copy of the head. */
-    char *lower = malloc((size_t)n);
+    char *lower = (size_t)n <= sizeof(hs_scratch) ? hs_scratch : malloc((size_t)n);
     if (lower == NULL) {
         hs->err = "out of memory";
         return;
@@ -261,7 +264,9 @@ static void hs_submit(struct dm_uph2_stream *hs)
     nghttp2_data_provider prd = {.source.ptr = hs, .read_callback = hs_on_data_read};
     int32_t id = nghttp2_submit_request(hc->sess, NULL, hs_nv, nv,
                                         m.body == DM_HTTP1_BODY_NONE ? NULL : &prd, hs);
-    free(lower);
+    if (lower != hs_scratch) {
+        free(lower);
+    }
     if (id < 0) {
         hs->err = "cannot open an HTTP/2 stream to the backend";
         return;

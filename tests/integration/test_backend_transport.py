@@ -400,6 +400,19 @@ class BackendH2Test(dmtest.DmTestCase):
         r = self.d.curl("c.test", "/hello", "--http2")
         self.assertIn(b"hello from h2 cleartext", r.stdout)
 
+    def test_backend_goaway(self):
+        conn = re.search(r"x-conn: (\d+)",
+                         dmtest.text(self.d.curl("lim.test", "/hello", "-i").stdout)).group(1)
+        # The backend answers GOAWAY leaving the stream unprocessed: 502 (REFUSED_STREAM),
+        # and the next request goes out on a new connection.
+        r = self.d.curl("lim.test", "/goaway", "-o", "/dev/null", "-w", "%{http_code}")
+        self.assertEqual(dmtest.text(r.stdout), "502")
+        self.d.wait_log(lambda l: "lim.test/goaway" in l and "REFUSED_STREAM" in l,
+                        what="refused stream log line")
+        out = dmtest.text(self.d.curl("lim.test", "/hello", "-i").stdout)
+        self.assertIn("hello from h2 limited", out)
+        self.assertNotEqual(re.search(r"x-conn: (\d+)", out).group(1), conn)
+
 
 class BackendH2FailureTest(dmtest.DmTestCase):
     """Clients leaving mid-stream, and the HTTP/2 backend going away."""

@@ -11,6 +11,7 @@
  *                               every x-interval-ms (default 200), then the trailers
  *   GET  /rst                   RST_STREAM (INTERNAL_ERROR) before any response
  *   GET  /rst-mid               a response head and 1000 bytes, then RST_STREAM
+ *   GET  /goaway                GOAWAY that leaves this stream unprocessed, then close
  * --max-streams N sets SETTINGS_MAX_CONCURRENT_STREAMS; every response carries x-conn (a
  * connection number) and x-backend (--name).
  */
@@ -61,6 +62,7 @@ struct conn {
     int num;
     nghttp2_session *sess;
     struct stream *streams;
+    bool closing; /* close once the queued frames are out */
 };
 
 static uint64_t now_ms(void)
@@ -162,6 +164,12 @@ static void on_request(struct conn *c, struct stream *s)
 {
     if (strcmp(s->path, "/rst") == 0) {
         nghttp2_submit_rst_stream(c->sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (strcmp(s->path, "/goaway") == 0) {
+        nghttp2_submit_goaway(c->sess, NGHTTP2_FLAG_NONE, s->id > 2 ? s->id - 2 : 0,
+                              NGHTTP2_NO_ERROR, NULL, 0);
+        c->closing = true;
         return;
     }
     if (strcmp(s->path, "/rst-mid") == 0) {
@@ -368,7 +376,8 @@ static void *serve(void *arg)
                 goto done;
             }
         }
-        if (!nghttp2_session_want_read(c->sess) && !nghttp2_session_want_write(c->sess)) {
+        if (c->closing ||
+            (!nghttp2_session_want_read(c->sess) && !nghttp2_session_want_write(c->sess))) {
             break;
         }
         if (c->ssl == NULL || SSL_pending(c->ssl) == 0) {
