@@ -105,9 +105,11 @@ static int tr_session_on_new(SSL *ssl, SSL_SESSION *sess)
     return 1; /* we keep the reference */
 }
 
-static const char *tr_ssl_reason(void)
+/* tr_ssl_reason names the most specific queued error: the first one for
+ * PEM files (the last only says "PEM routines"), else the last. */
+static const char *tr_ssl_reason(bool first)
 {
-    uint32_t e = ERR_peek_last_error();
+    uint32_t e = first ? ERR_peek_error() : ERR_peek_last_error();
     const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
     return r != NULL ? r : "unknown error";
 }
@@ -127,7 +129,7 @@ static void tr_build_ctx(struct tr_check *k, struct cfg_up_transport *t)
         const char *ca = t->ca_file != NULL ? t->ca_file : TR_SYSTEM_CAS;
         if (!SSL_CTX_load_verify_locations(ctx, ca, NULL)) {
             tr_problem(k, t->ca_file != NULL ? ".tls.ca" : ".tls",
-                       "cannot load CA certificates from %s: %s", ca, tr_ssl_reason());
+                       "cannot load CA certificates from %s: %s", ca, tr_ssl_reason(false));
         }
     } else {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
@@ -136,9 +138,10 @@ static void tr_build_ctx(struct tr_check *k, struct cfg_up_transport *t)
         ERR_clear_error();
         if (!SSL_CTX_use_certificate_chain_file(ctx, t->client_cert)) {
             tr_problem(k, ".tls.client_cert", "cannot load %s: %s", t->client_cert,
-                       tr_ssl_reason());
+                       tr_ssl_reason(true));
         } else if (!SSL_CTX_use_PrivateKey_file(ctx, t->client_key, SSL_FILETYPE_PEM)) {
-            tr_problem(k, ".tls.client_key", "cannot load %s: %s", t->client_key, tr_ssl_reason());
+            tr_problem(k, ".tls.client_key", "cannot load %s: %s", t->client_key,
+                       tr_ssl_reason(true));
         } else if (!SSL_CTX_check_private_key(ctx)) {
             tr_problem(k, ".tls.client_key", "%s does not match client_cert %s", t->client_key,
                        t->client_cert);
