@@ -213,6 +213,30 @@ class BackendTLSTest(dmtest.DmTestCase):
         bodies = [self.get("ok.test", "/close").body for _ in range(3)]
         self.assertIn(b"resumed=True", bodies[-1], bodies)
 
+    def test_reload_picks_up_a_new_ca_file(self):
+        # The CA file first holds the wrong CA (502); after it is replaced and the config
+        # reloaded (same path, so same pool), the new trust applies.
+        env = self.new_env()
+        import json
+        import shutil
+        ca = env.path("ca-now.pem")
+        shutil.copy(self.other_ca, ca)
+        data_dir = env.new_dir()
+        cfg = dmtest.base_config(data_dir, dmtest.free_port(),
+                                 [{"hosts": ["r.test"], "to": f"127.0.0.1:{self.be.port}",
+                                   "upstream": {"tls": {"server_name": "backend.test",
+                                                        "ca": ca}}}])
+        path = env.write_json(cfg)
+        d = env.doorman_run(path, data_dir=data_dir)
+        d.https_port = cfg["https_port"]
+        self.assertEqual(d.request("r.test", "/").status, 502)
+        shutil.copy(self.ca, ca)
+        with open(path, "w") as out:
+            json.dump(cfg, out)
+        d.proc.signal(1)
+        d.wait_log(lambda log: "reloaded (generation" in log, timeout=10, what="reload")
+        self.assertEqual(d.request("r.test", "/").status, 200)
+
     def test_config_errors_name_the_path(self):
         env = self.new_env()
         cfgs = [
