@@ -183,6 +183,7 @@ static void cfg_free(struct cfg *c)
         free(s->cert_file);
         free(s->key_file);
         cfg_acme_free(s->acme);
+        cfg_transport_free(s->transport);
         if (s->on_demand != NULL) {
             free(s->on_demand->ask);
             for (size_t j = 0; j < s->on_demand->num_allow; j++) {

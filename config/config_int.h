@@ -102,4 +102,12 @@ void cfg_upstream_cleanup(struct cfg_site *s);
 /* cfg_upstream_policy_name returns the config name of a policy. */
 const char *cfg_upstream_policy_name(enum cfg_lb_policy p);
 
+/* validate_transport.c: the site's "upstream.protocol" and "upstream.tls"
+ * (site_path is "sites[N]"); builds the backend SSL_CTX. Problems are added
+ * to problems and counted in *num_found. base_dir: for relative paths (may be
+ * NULL). */
+void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const char *site_path,
+                        const char *base_dir, json_t *site, struct cfg_site *s);
+void cfg_transport_free(struct cfg_up_transport *t);
+
 #endif

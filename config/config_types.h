@@ -140,6 +140,28 @@ struct cfg_upstream {
  * ones a request tried). */
 #define CFG_MAX_BACKENDS 64
 
+/* How doorman talks to a site's backends: site "upstream" object, keys
+ * "protocol" and "tls" (config/validate_transport.c, docs/upstreams.md). */
+enum cfg_up_protocol {
+    CFG_UP_HTTP1 = 0, /* HTTP/1.1 (default) */
+    CFG_UP_H2C,       /* HTTP/2 with prior knowledge over cleartext */
+    CFG_UP_H2,        /* HTTP/2 over TLS (ALPN h2) */
+};
+
+struct ssl_ctx_st;
+
+struct cfg_up_transport {
+    enum cfg_up_protocol protocol;
+    bool is_tls;
+    bool verify;                /* verify the backend certificate (default true) */
+    char *server_name;          /* owned: SNI and name verified; NULL: the backend host */
+    char *ca_file;              /* owned: trusted roots; NULL: system roots */
+    char *client_cert;          /* owned: mTLS chain, or NULL */
+    char *client_key;           /* owned: mTLS key, or NULL */
+    struct ssl_ctx_st *ssl_ctx; /* owned: client context built at load (is_tls) */
+    char *pool_tag;             /* owned: what backend pools key on besides the address */
+};
+
 struct cfg_site {
     /* owned: lower-case names, exact or "*.example.com"; for an on-demand
      * site, patterns of the names it serves, and none at all (num_hosts 0)
@@ -151,10 +173,11 @@ struct cfg_site {
     struct cfg_backend_opts *to_opts; /* owned array, num_to entries */
     struct cfg_upstream upstream;
     enum cfg_tls_source tls;
-    char *cert_file;                /* owned: CFG_TLS_FILES */
-    char *key_file;                 /* owned: CFG_TLS_FILES */
-    struct cfg_acme *acme;          /* owned: CFG_TLS_ACME */
-    struct cfg_ondemand *on_demand; /* owned: tls.on_demand (with acme), else NULL */
+    char *cert_file;                    /* owned: CFG_TLS_FILES */
+    char *key_file;                     /* owned: CFG_TLS_FILES */
+    struct cfg_acme *acme;              /* owned: CFG_TLS_ACME */
+    struct cfg_ondemand *on_demand;     /* owned: tls.on_demand (with acme), else NULL */
+    struct cfg_up_transport *transport; /* owned: upstream.protocol/tls; NULL = plain HTTP/1.1 */
 };
 
 struct cfg_timeouts {

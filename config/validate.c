@@ -1573,6 +1573,10 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     cfg_read_to(k, v, s);
     cfg_read_upstream(k, v, s);
     read_tls(k, v, s);
+    /* upstream.protocol and upstream.tls: validate_transport.c (the keys of
+     * the object are checked by cfg_read_upstream). */
+    cfg_transport_read(k->problems, &k->num_found, k->path,
+                       json_object_get(v, "upstream") != NULL ? base_dir(k) : NULL, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {
         /* Every issuer may end up ordering, so every one needs dns-01. */
         bool has_dns01 = true;

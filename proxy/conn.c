@@ -844,7 +844,11 @@ static void conn_flush_h2(struct dm_conn *c)
             }
             goto out; /* closed, or the write event calls us again */
         }
-        if (produced == 0) {
+        /* Nothing new: done, unless the buffer was not empty (production
+         * may have stopped at its high mark) and the write just emptied it:
+         * then produce once more, or a session with frames to send stalls
+         * with no write event to wake it. */
+        if (produced == 0 && before == 0) {
             break;
         }
     }

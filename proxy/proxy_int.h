@@ -26,6 +26,7 @@ struct acme_ondemand;
 struct dm_worker;
 struct dm_conn;
 struct dm_upstream_conn;
+struct dm_dns_cache;
 
 /* Hard caps chosen for memory safety; the configurable limits are below them. */
 #define DM_MAX_HEADERS_CAP 1000
@@ -287,9 +288,10 @@ struct dm_conn {
 /* A worker: one thread, one event_base, its own listeners and pools. */
 struct dm_worker {
     int id;
-    struct event_base *base; /* owned */
-    struct evdns_base *dns;  /* owned */
-    struct dm_gen *gen;      /* ref: generation for new connections */
+    struct event_base *base;        /* owned */
+    struct evdns_base *dns;         /* owned */
+    struct dm_dns_cache *dns_cache; /* owned: backend names with their TTL (dns_cache.c) */
+    struct dm_gen *gen;             /* ref: generation for new connections */
     struct event *listen_evs[4];
     int listen_fds[4];
     bool listen_is_tls[4];

@@ -22,7 +22,9 @@
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
 #include "proxy/core/time.h"
+#include "proxy/dns_cache.h"
 #include "proxy/proxy_int.h"
+#include "proxy/upstream_tr.h"
 
 /* Idle backend connections kept per backend and worker, and how long. An
  * HTTP/2 client multiplexes many streams and each one needs a backend
@@ -41,6 +43,7 @@
 enum up_state {
     UP_RESOLVING = 0,
     UP_CONNECTING,
+    UP_HANDSHAKE, /* backend TLS (upstream_tls.c) */
     UP_WAIT_HEAD, /* request going out, response head expected */
     UP_BODY,      /* response body flowing to the client */
     UP_TUNNEL,    /* after 101 */
@@ -53,7 +56,8 @@ enum up_state {
 #define UP_QUEUE_POLL_MS 100
 
 struct dm_upstream_pool {
-    char *key; /* owned: backend address text */
+    char *key;          /* owned: backend address text */
+    struct dm_up_tr tr; /* how to reach it: TLS, HTTP/2 (upstream_tr.h) */
     struct dm_upstream_conn *idle;
     int num_idle;
     struct dm_upstream_pool *next;
@@ -64,11 +68,14 @@ struct dm_upstream_conn {
     struct dm_stream *s;           /* borrowed: request being served, NULL when idle */
     struct dm_upstream_pool *pool; /* borrowed */
     int fd;
+    SSL *ssl;                  /* owned: backend TLS (upstream_tls.c), NULL for cleartext */
+    struct dm_uph2_stream *h2; /* owned: the HTTP/2 stream carrying this exchange, or NULL */
     enum up_state state;
     struct event rev, wev, timer;
-    struct evbuffer *in, *out;   /* owned */
-    struct evbuffer *retry_head; /* owned: copy of the head while a stale-retry is possible */
-    struct evdns_getaddrinfo_request *dns;
+    struct evbuffer *in, *out;    /* owned */
+    struct evbuffer *retry_head;  /* owned: copy of the head while a stale-retry is possible */
+    struct dm_dns_wait *dns_wait; /* a backend name being resolved (dns_cache.c) */
+    unsigned dns_gen;             /* the name's address generation at connect */
     uint16_t port;
     struct dm_http1_parser parser;
     struct dm_http1_msg msg;
@@ -97,6 +104,7 @@ struct dm_upstream_conn {
 static void up_on_read(evutil_socket_t fd, short what, void *arg);
 static void up_on_write(evutil_socket_t fd, short what, void *arg);
 static void up_on_timer(evutil_socket_t fd, short what, void *arg);
+static void up_tls_step(struct dm_upstream_conn *u);
 static void up_close(struct dm_upstream_conn *u);
 static void up_process(struct dm_upstream_conn *u);
 static void up_arm_wait(struct dm_upstream_conn *u);
@@ -132,15 +140,26 @@ static void up_set_timer(struct dm_upstream_conn *u, uint32_t ms)
     evtimer_add(&u->timer, &tv);
 }
 
-static struct dm_upstream_pool *pool_get(struct dm_worker *w, const char *key)
+/* pool_get finds or makes the pool of addr reached over transport t (NULL:
+ * plain HTTP/1.1): pools key on address and transport. */
+static struct dm_upstream_pool *pool_get(struct dm_worker *w, const struct cfg_addr *addr,
+                                         const struct cfg_up_transport *t)
 {
+    const char *key = addr->text;
     for (struct dm_upstream_pool *p = w->pools; p != NULL; p = p->next) {
-        if (strcmp(p->key, key) == 0) {
+        if (strcmp(p->key, key) == 0 && dm_up_tr_matches(&p->tr, t)) {
+            if (t != NULL && w->gen != NULL && w->gen->cfg != NULL && t->ssl_ctx != p->tr.ssl_ctx) {
+                dm_up_tr_refresh(&p->tr, t, w->gen->cfg);
+            }
             return p;
         }
     }
     struct dm_upstream_pool *p = calloc(1, sizeof(*p));
-    if (p == NULL || (p->key = strdup(key)) == NULL) {
+    if (p == NULL || (p->key = strdup(key)) == NULL || dm_up_tr_init(&p->tr, addr, t) != 0) {
+        if (p != NULL) {
+            free(p->key);
+            dm_up_tr_cleanup(&p->tr);
+        }
         free(p);
         return NULL;
     }
@@ -271,23 +290,17 @@ static void up_connect_addr(struct dm_upstream_conn *u, const struct sockaddr *s
     up_set_timer(u, u->s->c->gen->cfg->timeouts.connect_ms);
 }
 
-static void up_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+static void up_on_dns(int err, const struct sockaddr *sa, socklen_t len, unsigned gen, void *arg)
 {
     struct dm_upstream_conn *u = arg;
-    u->dns = NULL;
-    if (result == EVUTIL_EAI_CANCEL) {
-        return; /* up_close canceled us; u is already gone from the client */
-    }
-    if (result != 0 || res == NULL) {
-        DM_LOG_DBG("upstream", "resolve %s: %s", u->pool->key, evutil_gai_strerror(result));
-        if (res != NULL) {
-            evutil_freeaddrinfo(res);
-        }
+    u->dns_wait = NULL;
+    u->dns_gen = gen;
+    if (err != 0) {
+        DM_LOG_DBG("upstream", "resolve %s failed", u->pool->key);
         up_defer_fail(u, 502, "name resolution failed");
         return;
     }
-    up_connect_addr(u, res->ai_addr, (socklen_t)res->ai_addrlen);
-    evutil_freeaddrinfo(res);
+    up_connect_addr(u, sa, len);
 }
 
 static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct evbuffer *head)
@@ -298,29 +311,70 @@ static void up_attach(struct dm_upstream_conn *u, struct dm_stream *s, struct ev
     evbuffer_add_buffer(u->out, head);
 }
 
-/* up_connect_start opens a new connection of u to addr (u has its stream). */
+/* ---- HTTP/2 backends (upstream_h2.c): the exchange runs on a stream ---- */
+
+/* up_open_h2 runs u's exchange (u has its stream and pool) as a stream of
+ * a shared HTTP/2 connection to addr. */
+static void up_open_h2(struct dm_upstream_conn *u, const struct cfg_addr *addr)
+{
+    u->state = UP_WAIT_HEAD;
+    u->h2 = dm_uph2_open(u->w, &u->pool->tr, addr, u, u->in, u->out,
+                         u->s->c->gen->cfg->timeouts.connect_ms);
+    if (u->h2 == NULL) {
+        up_defer_fail(u, 502, "cannot reach the HTTP/2 backend");
+        return;
+    }
+    up_arm_wait(u);
+}
+
+void dm_upstream_h2_on_input(struct dm_upstream_conn *u)
+{
+    up_hold(u);
+    u->got_bytes = true;
+    up_process(u);
+    up_release(u);
+}
+
+void dm_upstream_h2_on_error(struct dm_upstream_conn *u, const char *why)
+{
+    up_hold(u);
+    if (u->state == UP_WAIT_HEAD && evbuffer_get_length(u->in) == 0) {
+        up_fail(u, 502, why);
+    } else if (!u->closed) {
+        DM_LOG_DBG("upstream", "%s: %s", u->pool->key, why);
+        u->eof = true; /* the response is cut short: upstream.c aborts it */
+        up_process(u);
+    }
+    up_release(u);
+}
+
+void dm_upstream_h2_on_writable(struct dm_upstream_conn *u)
+{
+    if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
+        dm_stream_on_upstream_writable(u->s);
+    }
+}
+
+/* up_connect_start opens a new connection of u to addr (u has its stream
+ * and pool), or a stream on an HTTP/2 backend's connection. */
 static void up_connect_start(struct dm_upstream_conn *u, const struct cfg_addr *addr)
 {
     struct dm_worker *w = u->w;
+    if (u->pool->tr.protocol != CFG_UP_HTTP1) {
+        up_open_h2(u, addr);
+        return;
+    }
     switch (addr->kind) {
     case CFG_ADDR_IP:
     case CFG_ADDR_UNIX:
         up_connect_addr(u, (const struct sockaddr *)&addr->ss, addr->ss_len);
         break;
     case CFG_ADDR_HOSTNAME: {
-        struct evutil_addrinfo hints;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_protocol = IPPROTO_TCP;
-        hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
-        char port[8];
-        snprintf(port, sizeof(port), "%u", addr->port);
         u->state = UP_RESOLVING;
         up_set_timer(u, u->s->c->gen->cfg->timeouts.connect_ms);
         up_hold(u);
-        /* May call back at once (cached or numeric); that path only defers. */
-        u->dns = evdns_getaddrinfo(w->dns, addr->host, port, &hints, up_on_resolved, u);
+        /* Calls back at once when cached (dns_cache.c); that path only defers. */
+        u->dns_wait = dm_dns_resolve(w, addr->host, addr->port, up_on_dns, u);
         up_release(u);
         break;
     }
@@ -367,8 +421,14 @@ int dm_upstream_start(struct dm_stream *s, const struct cfg_addr *addr, struct e
         queue_add(q, s->site->upstream.queue_timeout_ms);
         return 0;
     }
-    struct dm_upstream_pool *pool = pool_get(w, addr->text);
+    struct dm_upstream_pool *pool = pool_get(w, addr, s->site ? s->site->transport : NULL);
     struct dm_upstream_conn *u = pool != NULL ? pool->idle : NULL;
+    /* DNS moved the name elsewhere: connections to the old addresses go. */
+    while (u != NULL && addr->kind == CFG_ADDR_HOSTNAME &&
+           u->dns_gen != dm_dns_generation(w, addr->host)) {
+        up_close(u);
+        u = pool->idle;
+    }
     if (u != NULL) {
         pool_remove(u);
         evtimer_del(&u->timer);
@@ -470,7 +530,7 @@ static bool queue_try(struct dm_upstream_conn *u)
     if (i == DM_PICK_DOWN) {
         st->error_headers = "Retry-After: 1\r\n";
         up_report(u, 503, "every backend of the site is down");
-    } else if ((u->pool = pool_get(u->w, st->site->to[i].text)) == NULL) {
+    } else if ((u->pool = pool_get(u->w, &st->site->to[i], st->site->transport)) == NULL) {
         dm_pool_release(st->pool->be[i]);
         up_report(u, 502, "out of memory");
     } else {
@@ -543,11 +603,17 @@ struct evbuffer *dm_upstream_input(struct dm_upstream_conn *u)
 
 static void up_flush(struct dm_upstream_conn *u)
 {
-    if (u->fd < 0 || u->state == UP_CONNECTING || u->state == UP_RESOLVING) {
+    if (u->h2 != NULL) {
+        dm_uph2_kick(u->h2);
+        up_arm_wait(u);
+        return;
+    }
+    if (u->fd < 0 || u->state == UP_CONNECTING || u->state == UP_RESOLVING ||
+        u->state == UP_HANDSHAKE) {
         return;
     }
     while (evbuffer_get_length(u->out) > 0) {
-        int n = evbuffer_write(u->out, u->fd);
+        int n = u->ssl != NULL ? dm_uptls_write(u->ssl, u->out) : evbuffer_write(u->out, u->fd);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
                 event_add(&u->wev, NULL);
@@ -616,7 +682,11 @@ void dm_upstream_pause(struct dm_upstream_conn *u)
 {
     if (!u->paused && !u->closed) {
         u->paused = true;
-        event_del(&u->rev);
+        if (u->h2 != NULL) {
+            dm_uph2_pause(u->h2, true);
+        } else {
+            event_del(&u->rev);
+        }
         /* The client is the slow side now; its own timer watches it. */
         evtimer_del(&u->timer);
     }
@@ -626,7 +696,11 @@ void dm_upstream_resume(struct dm_upstream_conn *u)
 {
     if (u->paused && !u->closed) {
         u->paused = false;
-        event_add(&u->rev, NULL);
+        if (u->h2 != NULL) {
+            dm_uph2_pause(u->h2, false);
+        } else {
+            event_add(&u->rev, NULL);
+        }
         if (u->state == UP_BODY && u->s != NULL) {
             up_set_timer(u, u->s->c->gen->cfg->timeouts.body_ms);
         }
@@ -650,15 +724,22 @@ static void up_close(struct dm_upstream_conn *u)
     }
     queue_remove(u);
     up_slot_release(u);
-    if (u->dns != NULL) {
-        evdns_getaddrinfo_cancel(u->dns);
-        u->dns = NULL;
+    if (u->dns_wait != NULL) {
+        dm_dns_cancel(u->dns_wait);
+        u->dns_wait = NULL;
+    }
+    if (u->h2 != NULL) {
+        dm_uph2_close(u->h2);
+        u->h2 = NULL;
     }
     if (u->events_added) {
         event_del(&u->rev);
         event_del(&u->wev);
     }
     evtimer_del(&u->timer);
+    if (u->ssl != NULL) {
+        SSL_free(u->ssl);
+    }
     if (u->fd >= 0) {
         close(u->fd);
     }
@@ -681,7 +762,7 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable)
         evbuffer_free(u->retry_head);
         u->retry_head = NULL;
     }
-    if (!reusable || u->state == UP_QUEUED || u->pool == NULL || u->eof ||
+    if (!reusable || u->state == UP_QUEUED || u->pool == NULL || u->h2 != NULL || u->eof ||
         evbuffer_get_length(u->in) > 0 || evbuffer_get_length(u->out) > 0 ||
         u->pool->num_idle >= UP_POOL_MAX || u->w->draining) {
         up_close(u);
@@ -719,7 +800,9 @@ void dm_upstream_pools_free(struct dm_worker *w)
             up_close(p->idle);
         }
         struct dm_upstream_pool *next = p->next;
+        dm_uph2_pool_close(&p->tr);
         free(p->key);
+        dm_up_tr_cleanup(&p->tr);
         free(p);
         p = next;
     }
@@ -757,7 +840,7 @@ static bool up_try_retry(struct dm_upstream_conn *u)
     up_close(u);
     DM_LOG_DBG("upstream", "c=%llu retrying on a new connection to %s",
                (unsigned long long)st->c->id, addr->text);
-    struct dm_upstream_pool *pool = pool_get(st->c->w, addr->text);
+    struct dm_upstream_pool *pool = pool_get(st->c->w, addr, s->transport);
     struct dm_upstream_conn *n = pool ? up_new(st->c->w, pool) : NULL;
     if (n == NULL) {
         evbuffer_free(head);
@@ -771,22 +854,7 @@ static bool up_try_retry(struct dm_upstream_conn *u)
     n->be = be;
     evbuffer_free(head);
     n->req_done = true;
-    if (addr->kind == CFG_ADDR_HOSTNAME) {
-        /* Keep retries simple: names go through the normal start path. */
-        struct evbuffer *h2 = evbuffer_new();
-        evbuffer_add_buffer(h2, n->out);
-        st->up = NULL;
-        n->s = NULL;
-        n->be = NULL; /* dm_upstream_start takes the stream's slot again */
-        up_close(n);
-        int rc = dm_upstream_start(st, addr, h2);
-        evbuffer_free(h2);
-        if (rc == 0) {
-            st->up->req_done = true;
-        }
-        return rc == 0;
-    }
-    up_connect_addr(n, (const struct sockaddr *)&addr->ss, addr->ss_len);
+    up_connect_start(n, addr);
     return true;
 }
 
@@ -1006,14 +1074,54 @@ static void up_process(struct dm_upstream_conn *u)
     }
 }
 
+/* up_tls_step advances the backend TLS handshake (the connect timer still
+ * runs); once done, the exchange goes on as over cleartext. */
+static void up_tls_step(struct dm_upstream_conn *u)
+{
+    char why[256]; /* only logged, synchronously, inside up_fail */
+    if (u->ssl == NULL && (u->ssl = dm_uptls_new(&u->pool->tr, u->fd)) == NULL) {
+        up_fail(u, 502, "backend TLS setup failed");
+        return;
+    }
+    bool want_write;
+    int r = dm_uptls_handshake(u->ssl, &want_write, why, sizeof(why));
+    if (r < 0) {
+        up_fail(u, 502, why);
+        return;
+    }
+    if (r == 0) {
+        if (want_write) {
+            event_add(&u->wev, NULL);
+        } else {
+            event_del(&u->wev);
+        }
+        return;
+    }
+    DM_LOG_DBG("upstream", "%s: TLS %s%s", u->pool->key, SSL_get_version(u->ssl),
+               SSL_session_reused(u->ssl) ? " (resumed)" : "");
+    u->state = UP_WAIT_HEAD;
+    up_arm_wait(u);
+    up_flush(u);
+    if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
+        dm_stream_on_upstream_writable(u->s);
+    }
+}
+
 static void up_on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct dm_upstream_conn *u = arg;
     up_hold(u);
     if (u->state == UP_IDLE) {
-        /* Data or EOF on an idle connection: it cannot be reused. */
-        up_close(u);
+        /* Data or EOF on an idle connection: it cannot be reused (TLS:
+         * unless it was only a session ticket). */
+        if (u->ssl == NULL || !dm_uptls_idle_ok(u->ssl)) {
+            up_close(u);
+        }
+        goto out;
+    }
+    if (u->state == UP_HANDSHAKE) {
+        up_tls_step(u);
         goto out;
     }
     /* recv into reserved buffer space: no FIONREAD first (evbuffer_read asks
@@ -1027,7 +1135,8 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
             u->eof = true;
             break;
         }
-        ssize_t n = recv(fd, vec.iov_base, vec.iov_len, 0);
+        ssize_t n = u->ssl != NULL ? dm_uptls_read(u->ssl, vec.iov_base, vec.iov_len)
+                                   : recv(fd, vec.iov_base, vec.iov_len, 0);
         if (n > 0) {
             vec.iov_len = (size_t)n;
             evbuffer_commit_space(u->in, &vec, 1);
@@ -1047,6 +1156,9 @@ static void up_on_read(evutil_socket_t fd, short what, void *arg)
         break;
     }
     u->big_reads = total >= UP_SMALL_CHUNK;
+    if (u->ssl != NULL && !u->eof && SSL_pending(u->ssl) > 0) {
+        event_active(&u->rev, EV_READ, 0); /* decrypted bytes the socket no longer signals */
+    }
     up_process(u);
 out:
     up_release(u);
@@ -1067,7 +1179,16 @@ static void up_on_write(evutil_socket_t fd, short what, void *arg)
         }
         u->state = UP_WAIT_HEAD;
         event_add(&u->rev, NULL);
+        if (u->pool->tr.is_tls) {
+            u->state = UP_HANDSHAKE;
+            up_tls_step(u);
+            goto out;
+        }
         up_arm_wait(u);
+    }
+    if (u->state == UP_HANDSHAKE) {
+        up_tls_step(u);
+        goto out;
     }
     up_flush(u);
     if (!u->closed && u->s != NULL && evbuffer_get_length(u->out) < DM_BUF_LOW) {
@@ -1099,6 +1220,9 @@ static void up_on_timer(evutil_socket_t fd, short what, void *arg)
     case UP_RESOLVING:
     case UP_CONNECTING:
         up_fail_retry(u, 502, "connect timeout");
+        break;
+    case UP_HANDSHAKE:
+        up_fail(u, 502, "backend TLS handshake timeout");
         break;
     case UP_WAIT_HEAD:
         up_count_failure(u, "response timeout");

@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "proxy/core/err.h"
 #include "proxy/core/log.h"
+#include "proxy/dns_cache.h"
 #include "proxy/iptable.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_int.h"
@@ -560,8 +561,18 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
         dm_err_set(err, DM_E_NOMEM, "event_base_new");
         return -1;
     }
-    w->dns = evdns_base_new(w->base,
-                            EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    /* DOORMAN_RESOLV_CONF (tests): a resolv.conf of their own, whose
+     * nameserver lines may carry a port ("nameserver 127.0.0.1:5353"). */
+    const char *resolv = getenv("DOORMAN_RESOLV_CONF");
+    if (resolv != NULL && resolv[0] != '\0') {
+        w->dns = evdns_base_new(w->base, 0);
+        if (w->dns != NULL && evdns_base_resolv_conf_parse(w->dns, DNS_OPTIONS_ALL, resolv) != 0) {
+            dm_log(DM_LOG_WARN, "dns", "DOORMAN_RESOLV_CONF=%s could not be read", resolv);
+        }
+    } else {
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    }
     if (w->dns == NULL) {
         /* No resolv.conf: keep going with /etc/hosts only. */
         w->dns = evdns_base_new(w->base, 0);
@@ -569,6 +580,7 @@ static int worker_setup(struct dm_worker *w, const struct cfg *cfg, struct dm_er
             evdns_base_load_hosts(w->dns, NULL);
         }
     }
+    w->dns_cache = dm_dns_cache_new(w); /* NULL: names are not cached */
     for (int i = 0; i < 4; i++) {
         w->listen_fds[i] = -1;
     }
@@ -813,6 +825,7 @@ void dm_workers_stop(uint32_t deadline_ms)
         int efd = event_get_fd(w->msg_ev);
         event_free(w->msg_ev);
         close(efd);
+        dm_dns_cache_free(w->dns_cache);
         if (w->dns != NULL) {
             evdns_base_free(w->dns, 0);
         }

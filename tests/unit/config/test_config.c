@@ -624,6 +624,13 @@ TEST(test_unknown_keys)
                     "sites[0].host: unknown key (did you mean \"hosts\"?)");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstreams\": \"x\"}",
                     "sites[0].upstreams: unknown key (did you mean \"upstream\"?)");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": "
+                    "{\"protocl\": \"h2c\"}}",
+                    "sites[0].upstream.protocl: unknown key (did you mean \"protocol\"?)");
+    EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": "
+                    "{\"protocol\": \"h2\", \"tls\": {\"ca\": \"/nonexistent/x.pem\"}}}",
+                    "sites[0].upstream.tls.ca: cannot read /nonexistent/x.pem: No such file or "
+                    "directory");
     char json[512];
     snprintf(json, sizeof(json),
              "{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"tls\": "
