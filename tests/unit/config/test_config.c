@@ -544,7 +544,6 @@ TEST(test_upstream)
     struct cfg *c = load("{\"sites\": [{\"hosts\": [\"a.test\"], \"to\": [\"127.0.0.1:1\", "
                          "{\"address\": \"127.0.0.1:2\", \"weight\": 3, \"max_connections\": 5}], "
                          "\"upstream\": {\"policy\": \"least_conn\", \"max_connections\": 7, "
-                         "\"tls\": {}, \"protocol\": \"h2c\", "
                          "\"health_check\": {\"path\": \"/h\", \"status\": 204}, "
                          "\"passive\": {\"statuses\": [502, 503]}}}]}");
     CHECK(c != NULL);
