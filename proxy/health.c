@@ -3,6 +3,9 @@
  * "GET path HTTP/1.1", the status line read back), counts consecutive passes
  * and failures, and flips the backend's shared record up or down
  * (backend.c). Workers never wait for it: they read the record's atomics.
+ * A probe speaks the site's backend transport (upstream.tls, .protocol):
+ * TLS with the same verification as requests, and HTTP/2 through a small
+ * nghttp2 client session for h2 and h2c backends.
  * The control thread hands each new config over (dm_health_update); probes
  * then follow it, keeping their counts for backends that stay. See
  * docs/architecture.md, "Backends". */
@@ -19,10 +22,13 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/util.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
 
 #include "config/config.h"
 #include "proxy/core/log.h"
 #include "proxy/proxy_int.h"
+#include "proxy/upstream_tr.h"
 
 #define PROBE_BUF 512
 
@@ -35,7 +41,13 @@ struct probe {
     int fd;
     bool is_busy;
     bool is_sent;
-    char req[1400];
+    bool is_connected;
+    bool has_tr;         /* tr is set: the site has a backend transport */
+    struct dm_up_tr tr;  /* owned when has_tr: TLS context, names, protocol */
+    SSL *ssl;            /* owned: the probe's TLS connection, NULL for cleartext */
+    nghttp2_session *h2; /* owned: HTTP/2 backends, for the probe's one request */
+    int h2_status;       /* :status of the answer, 0 until it came */
+    char req[1400];      /* HTTP/1.1 request text, or the HTTP/2 bytes to send */
     size_t req_len, req_off;
     char buf[PROBE_BUF];
     size_t len;
@@ -63,6 +75,14 @@ static struct {
 
 static void probe_end(struct probe *p)
 {
+    if (p->ssl != NULL) {
+        SSL_free(p->ssl);
+        p->ssl = NULL;
+    }
+    if (p->h2 != NULL) {
+        nghttp2_session_del(p->h2);
+        p->h2 = NULL;
+    }
     if (p->dns != NULL) {
         evdns_getaddrinfo_cancel(p->dns);
         p->dns = NULL;
@@ -122,11 +142,192 @@ static int probe_parse(const struct probe *p)
     return (p->buf[9] - '0') * 100 + (p->buf[10] - '0') * 10 + (p->buf[11] - '0');
 }
 
+static void probe_on_io(evutil_socket_t fd, short what, void *arg);
+
+/* probe_wait waits for the socket to become readable or writable. */
+static void probe_wait(struct probe *p, short what)
+{
+    if (p->io != NULL) {
+        event_free(p->io);
+    }
+    p->io = event_new(hc.base, p->fd, what | EV_PERSIST, probe_on_io, p);
+    if (p->io != NULL) {
+        event_add(p->io, NULL);
+    }
+}
+
+static int h2_on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *user_data)
+{
+    (void)session;
+    (void)flags;
+    struct probe *p = user_data;
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->hd.stream_id == 1 && namelen == 7 &&
+        memcmp(name, ":status", 7) == 0 && valuelen == 3) {
+        int st = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+        if (st >= 200 && st <= 599) {
+            p->h2_status = st; /* interim 1xx answers are skipped */
+        }
+    }
+    return 0;
+}
+
+/* probe_h2_request makes the HTTP/2 bytes of the probe's request (client
+ * preface, SETTINGS, HEADERS) into p->req. Returns 0, or -1. */
+static int probe_h2_request(struct probe *p)
+{
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0) {
+        return -1;
+    }
+    nghttp2_session_callbacks_set_on_header_callback(cbs, h2_on_header);
+    int rv = nghttp2_session_client_new(&p->h2, cbs, p);
+    nghttp2_session_callbacks_del(cbs);
+    if (rv != 0) {
+        p->h2 = NULL;
+        return -1;
+    }
+    const struct cfg_health_check *h = &p->site->upstream.health;
+    const char *host = h->host != NULL                  ? h->host
+                       : p->addr->kind == CFG_ADDR_UNIX ? "localhost"
+                                                        : p->addr->text;
+    const char *scheme = p->tr.is_tls ? "https" : "http";
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE}
+    nghttp2_nv nva[] = {NV(":method", "GET"), NV(":scheme", scheme), NV(":authority", host),
+                        NV(":path", h->path), NV("user-agent", "doorman-health-check")};
+#undef NV
+    if (nghttp2_submit_settings(p->h2, NGHTTP2_FLAG_NONE, NULL, 0) != 0 ||
+        nghttp2_submit_request(p->h2, NULL, nva, sizeof(nva) / sizeof(nva[0]), NULL, NULL) != 1) {
+        return -1;
+    }
+    p->req_len = 0;
+    for (;;) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(p->h2, &data);
+        if (n < 0 || p->req_len + (size_t)n > sizeof(p->req)) {
+            return -1;
+        }
+        if (n == 0) {
+            return 0;
+        }
+        memcpy(p->req + p->req_len, data, (size_t)n);
+        p->req_len += (size_t)n;
+    }
+}
+
+/* probe_answer judges a status: the range health_check.status expects. */
+static void probe_answer(struct probe *p, int status)
+{
+    const struct cfg_health_check *h = &p->site->upstream.health;
+    if (status < h->status_min || status > h->status_max) {
+        char why[64];
+        snprintf(why, sizeof(why), "status %d", status);
+        probe_verdict(p, false, status, why);
+        return;
+    }
+    probe_verdict(p, true, status, NULL);
+}
+
+/* probe_connected runs once the TCP connection is up (and the TLS handshake
+ * done, for TLS backends): the request goes out next. */
+static void probe_connected(struct probe *p)
+{
+    if (p->tr.protocol != CFG_UP_HTTP1 && probe_h2_request(p) != 0) {
+        probe_verdict(p, false, 0, "cannot make the HTTP/2 request");
+        return;
+    }
+    p->req_off = 0;
+    probe_wait(p, EV_WRITE);
+}
+
+/* probe_handshake steps the TLS handshake. */
+static void probe_handshake(struct probe *p)
+{
+    bool want_write;
+    char why[160];
+    int rc = dm_uptls_handshake(p->ssl, &want_write, why, sizeof(why));
+    if (rc < 0) {
+        probe_verdict(p, false, 0, why);
+    } else if (rc == 0) {
+        probe_wait(p, want_write ? EV_WRITE : EV_READ);
+    } else {
+        probe_connected(p);
+    }
+}
+
+static ssize_t probe_send(struct probe *p)
+{
+    const char *data = p->req + p->req_off;
+    size_t len = p->req_len - p->req_off;
+    if (p->ssl == NULL) {
+        return send(p->fd, data, len, MSG_NOSIGNAL);
+    }
+    int n = SSL_write(p->ssl, data, (int)len);
+    if (n > 0) {
+        return n;
+    }
+    int e = SSL_get_error(p->ssl, n);
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EPIPE;
+    return -1;
+}
+
+/* probe_read takes what arrived: > 0 bytes, 0 at the end, -1 with errno. */
+static ssize_t probe_read(struct probe *p, void *buf, size_t cap)
+{
+    return p->ssl != NULL ? dm_uptls_read(p->ssl, buf, cap) : recv(p->fd, buf, cap, 0);
+}
+
+static void probe_on_readable(struct probe *p)
+{
+    for (;;) {
+        if (p->tr.protocol != CFG_UP_HTTP1) {
+            uint8_t chunk[4096];
+            ssize_t n = probe_read(p, chunk, sizeof(chunk));
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                return;
+            }
+            if (n <= 0) {
+                probe_verdict(p, false, 0, "closed without an HTTP/2 response");
+                return;
+            }
+            if (nghttp2_session_mem_recv(p->h2, chunk, (size_t)n) < 0) {
+                probe_verdict(p, false, 0, "not an HTTP/2 response");
+                return;
+            }
+            if (p->h2_status != 0) {
+                probe_answer(p, p->h2_status);
+                return;
+            }
+            continue;
+        }
+        ssize_t n = probe_read(p, p->buf + p->len, sizeof(p->buf) - p->len);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        if (n <= 0) {
+            probe_verdict(p, false, 0, "closed without a response");
+            return;
+        }
+        p->len += (size_t)n;
+        int status = probe_parse(p);
+        if (status == 0 && p->len < sizeof(p->buf)) {
+            continue;
+        }
+        if (status <= 0) {
+            probe_verdict(p, false, 0, "not an HTTP response");
+            return;
+        }
+        probe_answer(p, status);
+        return;
+    }
+}
+
 static void probe_on_io(evutil_socket_t fd, short what, void *arg)
 {
     struct probe *p = arg;
     (void)what;
-    if (!p->is_sent) {
+    if (!p->is_connected) {
         int err = 0;
         socklen_t len = sizeof(err);
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
@@ -136,7 +337,24 @@ static void probe_on_io(evutil_socket_t fd, short what, void *arg)
             probe_verdict(p, false, 0, why);
             return;
         }
-        ssize_t n = send(fd, p->req + p->req_off, p->req_len - p->req_off, MSG_NOSIGNAL);
+        p->is_connected = true;
+        if (p->tr.is_tls) {
+            if ((p->ssl = dm_uptls_new(&p->tr, p->fd)) == NULL) {
+                probe_verdict(p, false, 0, "cannot start TLS");
+                return;
+            }
+            probe_handshake(p);
+            return;
+        }
+        probe_connected(p);
+        return;
+    }
+    if (p->ssl != NULL && !SSL_is_init_finished(p->ssl)) {
+        probe_handshake(p);
+        return;
+    }
+    if (!p->is_sent) {
+        ssize_t n = probe_send(p);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return;
         }
@@ -149,36 +367,12 @@ static void probe_on_io(evutil_socket_t fd, short what, void *arg)
             return;
         }
         p->is_sent = true;
-        event_free(p->io);
-        p->io = event_new(hc.base, p->fd, EV_READ | EV_PERSIST, probe_on_io, p);
-        event_add(p->io, NULL);
+        probe_wait(p, EV_READ);
+        /* TLS may hold decrypted bytes already; cleartext reads find EAGAIN. */
+        probe_on_readable(p);
         return;
     }
-    ssize_t n = recv(fd, p->buf + p->len, sizeof(p->buf) - p->len, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        return;
-    }
-    if (n <= 0) {
-        probe_verdict(p, false, 0, "closed without a response");
-        return;
-    }
-    p->len += (size_t)n;
-    int status = probe_parse(p);
-    if (status == 0 && p->len < sizeof(p->buf)) {
-        return;
-    }
-    if (status <= 0) {
-        probe_verdict(p, false, 0, "not an HTTP response");
-        return;
-    }
-    const struct cfg_health_check *h = &p->site->upstream.health;
-    if (status < h->status_min || status > h->status_max) {
-        char why[64];
-        snprintf(why, sizeof(why), "status %d", status);
-        probe_verdict(p, false, status, why);
-        return;
-    }
-    probe_verdict(p, true, status, NULL);
+    probe_on_readable(p);
 }
 
 static void probe_connect(struct probe *p, const struct sockaddr *sa, socklen_t sa_len)
@@ -195,8 +389,7 @@ static void probe_connect(struct probe *p, const struct sockaddr *sa, socklen_t 
         probe_verdict(p, false, 0, why);
         return;
     }
-    p->io = event_new(hc.base, p->fd, EV_WRITE | EV_PERSIST, probe_on_io, p);
-    event_add(p->io, NULL);
+    probe_wait(p, EV_WRITE);
 }
 
 static void probe_on_resolved(int result, struct evutil_addrinfo *res, void *arg)
@@ -238,6 +431,8 @@ static void probe_on_tick(evutil_socket_t fd, short what, void *arg)
     }
     p->is_busy = true;
     p->is_sent = false;
+    p->is_connected = false;
+    p->h2_status = 0;
     p->req_off = 0;
     p->len = 0;
     struct timeval tv = {.tv_sec = h->timeout_ms / 1000, .tv_usec = (h->timeout_ms % 1000) * 1000};
@@ -266,6 +461,9 @@ static void set_free(struct probe_set *s)
         }
         if (p->tmo != NULL) {
             event_free(p->tmo);
+        }
+        if (p->has_tr) {
+            dm_up_tr_cleanup(&p->tr);
         }
         dm_backend_unref(p->be);
     }
@@ -322,9 +520,13 @@ static void set_build(struct probe_set *s, struct cfg *cfg, const struct probe_s
                                : p->addr->kind == CFG_ADDR_UNIX ? "localhost"
                                                                 : p->addr->text);
             p->req_len = len > 0 && (size_t)len < sizeof(p->req) ? (size_t)len : 0;
+            p->has_tr = dm_up_tr_init(&p->tr, p->addr, site->transport) == 0;
             p->tick = event_new(hc.base, -1, EV_PERSIST, probe_on_tick, p);
             p->tmo = evtimer_new(hc.base, probe_on_timeout, p);
-            if (p->tick == NULL || p->tmo == NULL || p->req_len == 0) {
+            if (p->tick == NULL || p->tmo == NULL || p->req_len == 0 || !p->has_tr) {
+                if (p->has_tr) {
+                    dm_up_tr_cleanup(&p->tr);
+                }
                 dm_backend_unref(p->be);
                 if (p->tick != NULL) {
                     event_free(p->tick);

@@ -5,6 +5,7 @@ for HTTP/2, and a tiny authoritative DNS responder for the TTL test. Certificate
 a test CA made with openssl here."""
 
 import http.server
+import json
 import os
 import re
 import socket
@@ -471,6 +472,85 @@ class BackendH2FailureTest(dmtest.DmTestCase):
         bp2, _ = start_h2_backend(env, "again", "--listen", f"127.0.0.1:{port}")
         r = d.curl("f.test", "/hello", "--http2")
         self.assertIn(b"hello from h2 again", r.stdout)
+
+
+class HealthOverTransportsTest(dmtest.DmTestCase):
+    """Active health checks speak the site's backend transport: TLS verified like requests
+    (a backend whose certificate fails verification is down, with the reason), and HTTP/2
+    for h2c and h2 backends (an HTTP/1.1 probe would fail on every one of them)."""
+
+    @classmethod
+    def setUpEnv(cls):
+        env = cls.env
+        d = env.new_dir("pki")
+        ca = make_ca(d, "testca")
+        other_ca = make_ca(d, "otherca")
+        cert, key = make_cert(d, "testca", "backend", "DNS:backend.test,IP:127.0.0.1")
+        cls.tls_be = TLSBackend(cert, key)
+        cls.h2c_proc, h2c_port = start_h2_backend(env, "hc-cleartext")
+        _, h2s_port = start_h2_backend(env, "hc-secure", "--tls", cert, key)
+        check = {"path": "/hello", "interval": "300ms", "timeout": "300ms", "fails": 1,
+                 "passes": 1}
+        tls = {"server_name": "backend.test", "ca": ca}
+        cls.addrs = {"tls.test": f"127.0.0.1:{cls.tls_be.port}",
+                     "badca.test": f"127.0.0.1:{cls.tls_be.port}",
+                     "h2c.test": f"127.0.0.1:{h2c_port}", "h2s.test": f"127.0.0.1:{h2s_port}"}
+        sites = [
+            {"hosts": ["tls.test"], "to": cls.addrs["tls.test"],
+             "upstream": {"tls": tls, "health_check": check}},
+            {"hosts": ["badca.test"], "to": cls.addrs["badca.test"],
+             "upstream": {"tls": {**tls, "ca": other_ca}, "health_check": check}},
+            {"hosts": ["h2c.test"], "to": cls.addrs["h2c.test"],
+             "upstream": {"protocol": "h2c", "health_check": check}},
+            {"hosts": ["h2s.test"], "to": cls.addrs["h2s.test"],
+             "upstream": {"protocol": "h2", "tls": tls, "health_check": check}},
+        ]
+        cls.data_dir = env.new_dir()
+        cls.d = env.doorman_run(dmtest.base_config(cls.data_dir, dmtest.free_port(), sites))
+        cls.sock = os.path.join(cls.data_dir, "admin.sock")
+        dmtest.wait_until(lambda: os.path.exists(cls.sock), 10, what="admin socket")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tls_be.close()
+        super().tearDownClass()
+
+    def state(self, host):
+        curl = dmtest.require_tool("curl", "curl")
+        r = dmtest.run([curl, "-sS", "--unix-socket", self.sock, "http://doorman/upstreams"])
+        for site in json.loads(dmtest.text(r.stdout)):
+            if host in site["hosts"]:
+                return site["backends"][0]
+        raise AssertionError(host)
+
+    def wait_state(self, host, healthy):
+        return dmtest.wait_until(
+            lambda: (lambda b: b if b["healthy"] == healthy and b.get("last_check") is not
+                     None else None)(self.state(host)), 10,
+            what=f"{host} healthy={healthy}")
+
+    def test_tls_backend_checked_over_tls(self):
+        b = self.wait_state("tls.test", True)
+        self.assertEqual(b["last_check"]["status"], 200, b)
+        self.assertEqual(self.d.request("tls.test", "/x").status, 200)
+
+    def test_unverifiable_tls_backend_is_down_with_the_reason(self):
+        b = self.wait_state("badca.test", False)
+        self.assertIn("certificate verify failed", b.get("reason", ""), b)
+        r = self.d.request("badca.test", "/x")
+        self.assertEqual(r.status, 503, r.body)
+
+    def test_h2_backends_checked_over_http2(self):
+        for host in ("h2c.test", "h2s.test"):
+            b = self.wait_state(host, True)
+            self.assertEqual(b["last_check"]["status"], 200, (host, b))
+            self.assertEqual(self.d.request(host, "/hello").status, 200)
+
+    def test_h2c_backend_stopped_goes_down(self):
+        self.wait_state("h2c.test", True)
+        self.h2c_proc.stop(timeout=10)
+        b = self.wait_state("h2c.test", False)
+        self.assertRegex(b.get("reason", ""), "connect refused|closed", b)
 
 
 class TinyDNS:
