@@ -339,7 +339,9 @@ void dm_upstream_h2_on_error(struct dm_upstream_conn *u, const char *why)
 {
     up_hold(u);
     if (u->state == UP_WAIT_HEAD && evbuffer_get_length(u->in) == 0) {
-        up_fail(u, 502, why);
+        /* Refused, reset or unreachable before any response byte: another
+         * backend may take the request, as for HTTP/1.1 backends. */
+        up_fail_retry(u, 502, why);
     } else if (!u->closed) {
         DM_LOG_DBG("upstream", "%s: %s", u->pool->key, why);
         u->eof = true; /* the response is cut short: upstream.c aborts it */

@@ -474,6 +474,25 @@ class BackendH2FailureTest(dmtest.DmTestCase):
         self.assertIn(b"hello from h2 again", r.stdout)
 
 
+    def test_unreachable_h2c_backend_is_retried_on_another(self):
+        # One of two h2c backends refuses connections: its requests move to the other
+        # (upstream.retries) instead of failing, for both client protocols.
+        env = self.new_env()
+        _, port = start_h2_backend(env, "survivor")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: connections are refused
+        cfg = dmtest.base_config(env.new_dir(), dmtest.free_port(),
+                                 [{"hosts": ["r.test"], "to": [dead, f"127.0.0.1:{port}"],
+                                   "upstream": {"protocol": "h2c", "passive": {"fails": 0}}}])
+        d = env.doorman_run(cfg)
+        for proto in ("--http1.1", "--http2"):
+            for _ in range(4):
+                r = d.curl("r.test", "/hello", proto)
+                self.assertIn(b"hello from h2 survivor", r.stdout, proto)
+        d.wait_log(lambda l: "retrying on 127.0.0.1:%d" % port in l, what="retry log line")
+
+
 class HealthOverTransportsTest(dmtest.DmTestCase):
     """Active health checks speak the site's backend transport: TLS verified like requests
     (a backend whose certificate fails verification is down, with the reason), and HTTP/2
