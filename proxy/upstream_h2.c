@@ -40,6 +40,8 @@
 #define H2U_IDLE_MS       30000
 #define H2U_READ_CHUNK    (16 * 1024)
 #define H2U_MAX_FIELDS    DM_MAX_HEADERS_CAP
+/* Times a refused, unprocessed request is sent again on another connection. */
+#define H2U_MAX_REPLAYS 2
 
 enum h2c_state {
     H2C_RESOLVING = 0,
@@ -81,7 +83,12 @@ struct dm_uph2_stream {
     enum dm_http1_body req_body;
     uint64_t req_left;
     struct dm_http1_chunked req_chunked;
-    struct evbuffer *body; /* owned: decoded request body waiting for DATA frames */
+    struct evbuffer *body;       /* owned: decoded request body waiting for DATA frames; for a
+                                    request without a body, its submitted head (for a replay) */
+    bool replayable;             /* body holds the head of a body-less request */
+    int replays;                 /* times moved to another connection after a refusal */
+    const struct cfg_addr *addr; /* borrowed from the exchange's config: for a replay */
+    uint32_t connect_ms;
     bool body_eof;
     bool deferred; /* the data source waits for body bytes */
     bool want_writable;
@@ -274,7 +281,14 @@ static void hs_submit(struct dm_uph2_stream *hs)
     hs->id = id;
     hs->head_sent = true;
     hs->body_eof = m.body == DM_HTTP1_BODY_NONE;
-    evbuffer_drain(hs->u_out, (size_t)n);
+    if (hs->body_eof) {
+        /* Kept (moved, not copied) until the answer starts: a stream the
+         * backend refuses unprocessed goes out again on another connection. */
+        evbuffer_remove_buffer(hs->u_out, hs->body, (size_t)n);
+        hs->replayable = true;
+    } else {
+        evbuffer_drain(hs->u_out, (size_t)n);
+    }
 }
 
 static void hs_pull(struct dm_uph2_stream *hs)
@@ -481,6 +495,41 @@ static int h2u_on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32
     return 0;
 }
 
+static struct dm_uph2_conn *h2c_pick(struct dm_worker *w, struct dm_up_tr *tr,
+                                     const struct cfg_addr *addr, uint32_t connect_ms);
+static void hs_link(struct dm_uph2_stream *hs, struct dm_uph2_conn *hc);
+
+/* hs_replay sends a body-less request the backend refused unprocessed
+ * (REFUSED_STREAM, or above the last stream id of its GOAWAY: RFC 9113
+ * §8.7 says it may be retried) on another connection to the same backend:
+ * a graceful restart of the backend costs no client a 502. Returns true if
+ * the request went out again. */
+static bool hs_replay(struct dm_uph2_stream *hs)
+{
+    if (!hs->replayable || hs->resp_head_done || hs->replays >= H2U_MAX_REPLAYS ||
+        evbuffer_get_length(hs->u_out) != 0) {
+        return false;
+    }
+    struct dm_uph2_conn *old = hs->hc;
+    hs_unlink(hs);
+    struct dm_uph2_conn *hc = h2c_pick(old->w, old->tr, hs->addr, hs->connect_ms);
+    if (hc == NULL) {
+        hs_link(hs, old); /* reported as refused by the caller; upstream.c unlinks */
+        return false;
+    }
+    DM_LOG_DBG("upstream", "%s: a stream refused unprocessed goes out again on another connection",
+               old->name);
+    evbuffer_add_buffer(hs->u_out, hs->body);
+    hs->replayable = false;
+    hs->replays++;
+    hs->id = 0;
+    hs->head_sent = false;
+    hs->body_eof = false;
+    hs_link(hs, hc);
+    h2c_schedule(hc);
+    return true;
+}
+
 static int h2u_on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                                void *user_data)
 {
@@ -494,6 +543,9 @@ static int h2u_on_stream_close(nghttp2_session *session, int32_t stream_id, uint
     if (hs->u == NULL) {
         hs_unlink(hs); /* upstream.c let go already */
         hs_free(hs);
+        return 0;
+    }
+    if (!hs->resp_done && error_code == NGHTTP2_REFUSED_STREAM && hs_replay(hs)) {
         return 0;
     }
     if (!hs->resp_done) {
@@ -929,16 +981,12 @@ static struct dm_uph2_conn *h2c_new(struct dm_worker *w, struct dm_up_tr *tr,
     return hc;
 }
 
-/* ---- upstream.c's interface ---- */
-
-struct dm_uph2_stream *dm_uph2_open(struct dm_worker *w, struct dm_up_tr *tr,
-                                    const struct cfg_addr *addr, struct dm_upstream_conn *u,
-                                    struct evbuffer *u_in, struct evbuffer *u_out,
-                                    uint32_t connect_ms)
+/* h2c_pick returns the least loaded usable connection with a free stream
+ * slot, else a new one; past H2U_MAX_CONNS nghttp2 queues the stream until
+ * the backend's concurrency limit lets it open. NULL if none can be made. */
+static struct dm_uph2_conn *h2c_pick(struct dm_worker *w, struct dm_up_tr *tr,
+                                     const struct cfg_addr *addr, uint32_t connect_ms)
 {
-    /* The least loaded usable connection with a free stream slot; else a
-     * new one; past H2U_MAX_CONNS nghttp2 queues the stream until the
-     * backend's concurrency limit lets it open. */
     struct dm_uph2_conn *best = NULL;
     int num = 0;
     for (struct dm_uph2_conn *hc = tr->h2; hc != NULL; hc = hc->next) {
@@ -956,24 +1004,47 @@ struct dm_uph2_stream *dm_uph2_open(struct dm_worker *w, struct dm_up_tr *tr,
             return NULL;
         }
     }
+    return best;
+}
+
+/* hs_link puts hs on hc's list of streams. */
+static void hs_link(struct dm_uph2_stream *hs, struct dm_uph2_conn *hc)
+{
+    hs->hc = hc;
+    hs->prev = NULL;
+    hs->next = hc->streams;
+    if (hc->streams != NULL) {
+        hc->streams->prev = hs;
+    }
+    hc->streams = hs;
+    hc->num_streams++;
+    if (hc->state == H2C_READY) {
+        evtimer_del(&hc->timer);
+    }
+}
+
+/* ---- upstream.c's interface ---- */
+
+struct dm_uph2_stream *dm_uph2_open(struct dm_worker *w, struct dm_up_tr *tr,
+                                    const struct cfg_addr *addr, struct dm_upstream_conn *u,
+                                    struct evbuffer *u_in, struct evbuffer *u_out,
+                                    uint32_t connect_ms)
+{
+    struct dm_uph2_conn *best = h2c_pick(w, tr, addr, connect_ms);
+    if (best == NULL) {
+        return NULL;
+    }
     struct dm_uph2_stream *hs = calloc(1, sizeof(*hs));
     if (hs == NULL || (hs->body = evbuffer_new()) == NULL) {
         free(hs);
         return NULL;
     }
-    hs->hc = best;
     hs->u = u;
     hs->u_in = u_in;
     hs->u_out = u_out;
-    hs->next = best->streams;
-    if (best->streams != NULL) {
-        best->streams->prev = hs;
-    }
-    best->streams = hs;
-    best->num_streams++;
-    if (best->state == H2C_READY) {
-        evtimer_del(&best->timer);
-    }
+    hs->addr = addr;
+    hs->connect_ms = connect_ms;
+    hs_link(hs, best);
     h2c_schedule(best);
     return hs;
 }

@@ -425,6 +425,23 @@ class BackendH2Test(dmtest.DmTestCase):
         r = self.d.curl("c.test", "/hello", "--http2")
         self.assertIn(b"hello from h2 cleartext", r.stdout)
 
+    def test_graceful_goaway_replays_the_refused_request(self):
+        # A backend restarting gracefully (GOAWAY below our stream: not processed, RFC 9113
+        # section 8.7) costs the client nothing: the body-less request goes out again on a
+        # new connection to the same, single backend.
+        _, port = start_h2_backend(self.env, "restarting")
+        cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
+                                 [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
+                                   "upstream": {"protocol": "h2c"}}], log={"level": "debug"})
+        d = self.env.doorman_run(cfg)
+        first = re.search(r"x-conn: (\d+)", dmtest.text(d.curl("g.test", "/hello", "-i").stdout))
+        r = d.curl("g.test", "/goaway-once", "-i")
+        out = dmtest.text(r.stdout)
+        self.assertIn("200", out.splitlines()[0], out)
+        self.assertIn("hello from h2 restarting", out)
+        self.assertNotEqual(re.search(r"x-conn: (\d+)", out).group(1), first.group(1))
+        d.wait_log(lambda l: "refused unprocessed goes out again" in l, what="replay log line")
+
     def test_backend_goaway(self):
         conn = re.search(r"x-conn: (\d+)",
                          dmtest.text(self.d.curl("lim.test", "/hello", "-i").stdout)).group(1)

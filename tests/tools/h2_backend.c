@@ -12,6 +12,8 @@
  *   GET  /rst                   RST_STREAM (INTERNAL_ERROR) before any response
  *   GET  /rst-mid               a response head and 1000 bytes, then RST_STREAM
  *   GET  /goaway                GOAWAY that leaves this stream unprocessed, then close
+ *   GET  /goaway-once           the first one in the process as /goaway (a graceful restart),
+ *                               later ones as /hello
  * --max-streams N sets SETTINGS_MAX_CONCURRENT_STREAMS; every response carries x-conn (a
  * connection number) and x-backend (--name).
  */
@@ -34,6 +36,9 @@
 
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
+
+/* /goaway-once: set by the request that got the GOAWAY. */
+static atomic_bool goaway_once_done;
 
 static const char *name = "h2backend";
 static SSL_CTX *tls_ctx;
@@ -166,6 +171,12 @@ static void on_request(struct conn *c, struct stream *s)
         nghttp2_submit_rst_stream(c->sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         return;
     }
+    if (strcmp(s->path, "/goaway-once") == 0 && !atomic_exchange(&goaway_once_done, true)) {
+        nghttp2_submit_goaway(c->sess, NGHTTP2_FLAG_NONE, s->id > 2 ? s->id - 2 : 0,
+                              NGHTTP2_NO_ERROR, NULL, 0);
+        c->closing = true;
+        return;
+    }
     if (strcmp(s->path, "/goaway") == 0) {
         nghttp2_submit_goaway(c->sess, NGHTTP2_FLAG_NONE, s->id > 2 ? s->id - 2 : 0,
                               NGHTTP2_NO_ERROR, NULL, 0);
@@ -180,7 +191,7 @@ static void on_request(struct conn *c, struct stream *s)
         s->next_ms = now_ms() + 100;
         return;
     }
-    if (strcmp(s->path, "/hello") == 0) {
+    if (strcmp(s->path, "/hello") == 0 || strcmp(s->path, "/goaway-once") == 0) {
         char b[128];
         snprintf(b, sizeof(b), "hello from h2 %s\n", name);
         set_body(s, b, strlen(b));
