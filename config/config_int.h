@@ -90,6 +90,13 @@ int cfg_check_duration(struct check *k, const json_t *v, uint64_t min_ms, uint64
 /* cfg_check_string returns v if it is a non-empty string (borrowed). */
 const char *cfg_check_string(struct check *k, const json_t *v);
 void cfg_check_addr(struct check *k, struct cfg_addr *out, const char *text);
+/* cfg_check_file stores in *out the absolute path (relative to the config
+ * file) of the readable file obj[key]; a missing key is a problem only if
+ * required. */
+void cfg_check_file(struct check *k, json_t *obj, const char *key, bool required, char **out);
+/* cfg_check_count: problems found so far; cfg_check_path: the current path. */
+size_t cfg_check_count(const struct check *k);
+const char *cfg_check_path(const struct check *k);
 
 /* validate_upstream.c: a site's "to" (strings or {"address", "weight",
  * "max_connections"}) and its "upstream" object, at the site's path. Call
@@ -102,12 +109,9 @@ void cfg_upstream_cleanup(struct cfg_site *s);
 /* cfg_upstream_policy_name returns the config name of a policy. */
 const char *cfg_upstream_policy_name(enum cfg_lb_policy p);
 
-/* validate_transport.c: the site's "upstream.protocol" and "upstream.tls"
- * (site_path is "sites[N]"); builds the backend SSL_CTX. Problems are added
- * to problems and counted in *num_found. base_dir: for relative paths (may be
- * NULL). */
-void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const char *site_path,
-                        const char *base_dir, json_t *site, struct cfg_site *s);
+/* validate_transport.c: the site's "upstream.protocol" and "upstream.tls",
+ * at the site's path; builds the backend SSL_CTX. */
+void cfg_transport_read(struct check *k, json_t *site, struct cfg_site *s);
 void cfg_transport_free(struct cfg_up_transport *t);
 
 #endif

@@ -1122,12 +1122,15 @@ static void read_hosts(struct check *k, json_t *site, struct cfg_site *s)
     path_pop(k, mark);
 }
 
-/* read_tls_file stores the absolute path of obj[key] in *out after checking
+/* read_file_key stores the absolute path of obj[key] in *out after checking
  * that the file is readable now, so a typo fails at load, not at the first
- * handshake. */
-static void read_tls_file(struct check *k, json_t *obj, const char *key, char **out)
+ * handshake. A missing key is a problem only if required. */
+static void read_file_key(struct check *k, json_t *obj, const char *key, bool required, char **out)
 {
     json_t *v = json_object_get(obj, key);
+    if (v == NULL && !required) {
+        return;
+    }
     size_t mark = path_push_key(k, key);
     const char *s;
     if (v == NULL) {
@@ -1316,7 +1319,7 @@ static void read_acme_issuer(struct check *k, json_t *v, struct cfg_acme *a, boo
         path_pop(k, m);
     }
     if (json_object_get(v, "ca_root") != NULL) {
-        read_tls_file(k, v, "ca_root", &a->ca_root);
+        read_file_key(k, v, "ca_root", true, &a->ca_root);
     }
     read_challenges(k, v, a);
     json_t *kt = json_object_get(v, "key_type");
@@ -1350,7 +1353,7 @@ static void read_acme_issuer(struct check *k, json_t *v, struct cfg_acme *a, boo
     read_opt_string(k, v, "profile", &a->profile);
     read_opt_string(k, v, "preferred_chain", &a->preferred_chain);
     if (json_object_get(v, "dns_hook") != NULL) {
-        read_tls_file(k, v, "dns_hook", &a->dns_hook);
+        read_file_key(k, v, "dns_hook", true, &a->dns_hook);
     }
     json_t *ot = json_object_get(v, "order_timeout");
     if (ot != NULL) {
@@ -1554,8 +1557,8 @@ static void read_tls(struct check *k, json_t *site, struct cfg_site *s)
             problem(k, "needs \"acme\": on-demand certificates come from an ACME CA");
             path_pop(k, m);
         }
-        read_tls_file(k, v, "cert", &s->cert_file);
-        read_tls_file(k, v, "key", &s->key_file);
+        read_file_key(k, v, "cert", true, &s->cert_file);
+        read_file_key(k, v, "key", true, &s->key_file);
     } else {
         problem_type(k, "\"local\", {\"cert\": PATH, \"key\": PATH} or {\"acme\": {...}}", v);
     }
@@ -1575,8 +1578,7 @@ static void read_site(struct check *k, json_t *v, struct cfg_site *s)
     read_tls(k, v, s);
     /* upstream.protocol and upstream.tls: validate_transport.c (the keys of
      * the object are checked by cfg_read_upstream). */
-    cfg_transport_read(k->problems, &k->num_found, k->path,
-                       json_object_get(v, "upstream") != NULL ? base_dir(k) : NULL, v, s);
+    cfg_transport_read(k, v, s);
     if (s->tls == CFG_TLS_ACME && s->acme != NULL && s->on_demand == NULL) {
         /* Every issuer may end up ordering, so every one needs dns-01. */
         bool has_dns01 = true;
@@ -2063,4 +2065,19 @@ const char *cfg_check_string(struct check *k, const json_t *v)
 void cfg_check_addr(struct check *k, struct cfg_addr *out, const char *text)
 {
     add_backend(k, out, text);
+}
+
+void cfg_check_file(struct check *k, json_t *obj, const char *key, bool required, char **out)
+{
+    read_file_key(k, obj, key, required, out);
+}
+
+size_t cfg_check_count(const struct check *k)
+{
+    return k->num_found;
+}
+
+const char *cfg_check_path(const struct check *k)
+{
+    return k->path;
 }

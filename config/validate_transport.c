@@ -20,73 +20,29 @@
 
 #include "proxy/core/log.h"
 
-#define TR_PATH_CAP   256
 #define TR_SYSTEM_CAS "/etc/ssl/certs/ca-certificates.crt"
 
-struct tr_check {
-    struct cfg_problems *problems; /* borrowed */
-    size_t *num_found;             /* borrowed */
-    char path[TR_PATH_CAP];
-    const char *base_dir; /* borrowed, may be NULL */
-};
-
-static void tr_problem(struct tr_check *k, const char *sub, const char *fmt, ...)
+static void tr_problem(struct check *k, const char *sub, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* tr_problem records "sites[N].upstream<sub>: message". */
-static void tr_problem(struct tr_check *k, const char *sub, const char *fmt, ...)
+/* tr_problem records "<site>.upstream<sub>: message"; sub is "" or keys
+ * each led by a dot (".tls.ca"). */
+static void tr_problem(struct check *k, const char *sub, const char *fmt, ...)
 {
     char msg[CFG_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    (*k->num_found)++;
-    cfg_problems_add(k->problems, "%s.upstream%s: %s", k->path, sub, msg);
-}
-
-/* tr_path reads obj[key] as a readable file path (absolute, or relative to
- * the config file's directory). */
-static char *tr_path(struct tr_check *k, json_t *obj, const char *key)
-{
-    json_t *v = json_object_get(obj, key);
-    char sub[64];
-    snprintf(sub, sizeof(sub), ".tls.%s", key);
-    if (v == NULL) {
-        return NULL;
+    size_t mark = cfg_check_push_key(k, "upstream");
+    char keys[64];
+    snprintf(keys, sizeof(keys), "%s", sub);
+    char *save = NULL;
+    for (char *key = strtok_r(keys, ".", &save); key != NULL; key = strtok_r(NULL, ".", &save)) {
+        cfg_check_push_key(k, key);
     }
-    if (!json_is_string(v) || json_string_length(v) == 0) {
-        tr_problem(k, sub, "expected a file path (string)");
-        return NULL;
-    }
-    const char *p = json_string_value(v);
-    char *full;
-    if (p[0] == '/' || k->base_dir == NULL) {
-        full = strdup(p);
-    } else {
-        size_t n = strlen(k->base_dir) + 1 + strlen(p) + 1;
-        full = malloc(n);
-        if (full != NULL) {
-            snprintf(full, n, "%s/%s", k->base_dir, p);
-        }
-    }
-    if (full == NULL) {
-        tr_problem(k, sub, "out of memory");
-        return NULL;
-    }
-    struct stat st;
-    char ebuf[128];
-    if (access(full, R_OK) != 0) {
-        tr_problem(k, sub, "cannot read %s: %s", full, strerror_r(errno, ebuf, sizeof(ebuf)));
-        free(full);
-        return NULL;
-    }
-    if (stat(full, &st) == 0 && S_ISDIR(st.st_mode)) {
-        tr_problem(k, sub, "cannot read %s: is a directory", full);
-        free(full);
-        return NULL;
-    }
-    return full;
+    cfg_check_problem(k, "%s", msg);
+    cfg_check_pop(k, mark);
 }
 
 /* tr_session_on_new keeps the newest session of a backend for resumption:
@@ -114,7 +70,7 @@ static const char *tr_ssl_reason(bool first)
     return r != NULL ? r : "unknown error";
 }
 
-static void tr_build_ctx(struct tr_check *k, struct cfg_up_transport *t)
+static void tr_build_ctx(struct check *k, struct cfg_up_transport *t)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
@@ -162,7 +118,7 @@ static void tr_build_ctx(struct tr_check *k, struct cfg_up_transport *t)
 
 static const char *const tls_keys[] = {"server_name", "ca", "verify", "client_cert", "client_key"};
 
-static void tr_read_tls(struct tr_check *k, json_t *v, struct cfg_up_transport *t)
+static void tr_read_tls(struct check *k, json_t *v, struct cfg_up_transport *t)
 {
     if (json_is_boolean(v)) {
         t->is_tls = json_is_true(v);
@@ -173,20 +129,13 @@ static void tr_read_tls(struct tr_check *k, json_t *v, struct cfg_up_transport *
         return;
     }
     t->is_tls = true;
-    const char *key;
-    json_t *f;
-    json_object_foreach(v, key, f)
-    {
-        bool known = false;
-        for (size_t i = 0; i < sizeof(tls_keys) / sizeof(tls_keys[0]); i++) {
-            known |= strcmp(key, tls_keys[i]) == 0;
-        }
-        if (!known) {
-            char sub[96];
-            snprintf(sub, sizeof(sub), ".tls.%.64s", key);
-            tr_problem(k, sub, "unknown key");
-        }
-    }
+    size_t mark = cfg_check_push_key(k, "upstream");
+    cfg_check_push_key(k, "tls");
+    cfg_check_keys(k, v, tls_keys, sizeof(tls_keys) / sizeof(tls_keys[0]));
+    cfg_check_file(k, v, "ca", false, &t->ca_file);
+    cfg_check_file(k, v, "client_cert", false, &t->client_cert);
+    cfg_check_file(k, v, "client_key", false, &t->client_key);
+    cfg_check_pop(k, mark);
     json_t *sn = json_object_get(v, "server_name");
     if (sn != NULL) {
         if (!json_is_string(sn) || json_string_length(sn) == 0 || json_string_length(sn) > 253 ||
@@ -204,9 +153,6 @@ static void tr_read_tls(struct tr_check *k, json_t *v, struct cfg_up_transport *
             t->verify = json_is_true(ver);
         }
     }
-    t->ca_file = tr_path(k, v, "ca");
-    t->client_cert = tr_path(k, v, "client_cert");
-    t->client_key = tr_path(k, v, "client_key");
     bool has_cert = json_object_get(v, "client_cert") != NULL;
     bool has_key = json_object_get(v, "client_key") != NULL;
     if (has_cert != has_key) {
@@ -217,8 +163,7 @@ static void tr_read_tls(struct tr_check *k, json_t *v, struct cfg_up_transport *
     }
 }
 
-void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const char *site_path,
-                        const char *base_dir, json_t *site, struct cfg_site *s)
+void cfg_transport_read(struct check *k, json_t *site, struct cfg_site *s)
 {
     json_t *up = json_object_get(site, "upstream");
     if (up == NULL || !json_is_object(up)) {
@@ -229,12 +174,10 @@ void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const 
     if (proto == NULL && tls == NULL) {
         return;
     }
-    struct tr_check k = {.problems = problems, .num_found = num_found, .base_dir = base_dir};
-    snprintf(k.path, sizeof(k.path), "%s", site_path);
-    size_t before = *num_found;
+    size_t before = cfg_check_count(k);
     struct cfg_up_transport *t = calloc(1, sizeof(*t));
     if (t == NULL) {
-        tr_problem(&k, "", "out of memory");
+        tr_problem(k, "", "out of memory");
         return;
     }
     t->verify = true;
@@ -248,19 +191,19 @@ void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const 
             t->protocol = CFG_UP_H2;
             t->is_tls = true;
         } else {
-            tr_problem(&k, ".protocol", "must be \"http1\", \"h2c\" or \"h2\"");
+            tr_problem(k, ".protocol", "must be \"http1\", \"h2c\" or \"h2\"");
         }
     }
     if (tls != NULL) {
         bool implied = t->protocol == CFG_UP_H2;
-        tr_read_tls(&k, tls, t);
+        tr_read_tls(k, tls, t);
         if (implied && !t->is_tls) {
-            tr_problem(&k, ".tls",
+            tr_problem(k, ".tls",
                        "\"h2\" is HTTP/2 over TLS and needs TLS (use \"h2c\" for "
                        "cleartext)");
         }
         if (t->protocol == CFG_UP_H2C && t->is_tls) {
-            tr_problem(&k, ".tls",
+            tr_problem(k, ".tls",
                        "\"h2c\" is cleartext HTTP/2 (use \"protocol\": \"h2\" for "
                        "HTTP/2 over TLS)");
         }
@@ -268,7 +211,7 @@ void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const 
     if (t->is_tls && t->verify && t->server_name == NULL) {
         for (size_t i = 0; i < s->num_to; i++) {
             if (s->to[i].kind == CFG_ADDR_UNIX) {
-                tr_problem(&k, ".tls",
+                tr_problem(k, ".tls",
                            "to[%zu] is a unix socket: set \"server_name\" to verify "
                            "the backend's certificate",
                            i);
@@ -276,12 +219,12 @@ void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const 
             }
         }
     }
-    if (t->is_tls && *num_found == before) {
-        tr_build_ctx(&k, t);
+    if (t->is_tls && cfg_check_count(k) == before) {
+        tr_build_ctx(k, t);
         if (!t->verify) {
             dm_log(DM_LOG_WARN, "config",
                    "%s.upstream.tls.verify is false: backend certificates are not checked",
-                   site_path);
+                   cfg_check_path(k));
         }
     }
     char tag[1024];
@@ -293,7 +236,7 @@ void cfg_transport_read(struct cfg_problems *problems, size_t *num_found, const 
              t->ca_file ? t->ca_file : "", (int)t->verify, t->client_cert ? t->client_cert : "");
     t->pool_tag = strdup(tag);
     if (t->pool_tag == NULL) {
-        tr_problem(&k, "", "out of memory");
+        tr_problem(k, "", "out of memory");
     }
     s->transport = t;
 }

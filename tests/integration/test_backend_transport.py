@@ -242,12 +242,13 @@ class BackendTLSTest(dmtest.DmTestCase):
         env = self.new_env()
         cfgs = [
             ({"tls": {"ca": "/nonexistent/x.pem"}},
-             "sites[0].upstream.tls.ca: cannot read /nonexistent/x.pem: No such file or directory"),
+             "sites[0].upstream.tls.ca: /nonexistent/x.pem: No such file or directory"),
             ({"protocol": "h3"}, 'sites[0].upstream.protocol: must be "http1", "h2c" or "h2"'),
             ({"protocol": "h2c", "tls": True}, "sites[0].upstream.tls:"),
             ({"protocol": "h2", "tls": False}, "sites[0].upstream.tls:"),
             ({"tls": {"client_cert": self.ccert}}, "sites[0].upstream.tls:"),
-            ({"tls": {"verfy": False}}, "sites[0].upstream.tls.verfy: unknown key"),
+            ({"tls": {"verfy": False}},
+             'sites[0].upstream.tls.verfy: unknown key (did you mean "verify"?)'),
             ({"tls": {"ca": self.key}}, "sites[0].upstream.tls.ca: cannot load CA certificates"),
         ]
         for up, want in cfgs:

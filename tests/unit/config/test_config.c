@@ -628,7 +628,7 @@ TEST(test_unknown_keys)
                     "sites[0].upstream.protocl: unknown key (did you mean \"protocol\"?)");
     EXPECT_BAD_SITE("{\"hosts\": [\"a.test\"], \"to\": \"127.0.0.1:1\", \"upstream\": "
                     "{\"protocol\": \"h2\", \"tls\": {\"ca\": \"/nonexistent/x.pem\"}}}",
-                    "sites[0].upstream.tls.ca: cannot read /nonexistent/x.pem: No such file or "
+                    "sites[0].upstream.tls.ca: /nonexistent/x.pem: No such file or "
                     "directory");
     char json[512];
     snprintf(json, sizeof(json),
