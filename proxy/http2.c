@@ -19,6 +19,8 @@
 
 #include <event2/buffer.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/base64.h>
+#include <openssl/sha.h>
 
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
@@ -93,6 +95,7 @@ struct h2_stream {
     bool tunnel_open;              /* the backend switched protocols: bytes flow both ways */
     bool client_ended;             /* the client's END_STREAM arrived on the tunnel */
     struct evbuffer *tunnel_early; /* owned: DATA that came before the backend's 101 */
+    long ws_key_off;               /* the Sec-WebSocket-Key we sent, in hbuf (24 bytes) */
 };
 
 struct dm_h2 {
@@ -503,10 +506,40 @@ static void h2_consume(struct h2_stream *st);
  * backpressure as bodies: the backend is paused while the client is slow
  * (dm_h2_on_upstream_data), and client DATA is acknowledged only as the
  * backend takes it (h2_consume). */
+/* h2_ws_accept_ok checks the backend's Sec-WebSocket-Accept against the key
+ * doorman sent (RFC 6455 §4.2.2): doorman is the WebSocket client towards
+ * the backend, and a wrong answer means the backend did not understand the
+ * handshake (or something in between answered). */
+static bool h2_ws_accept_ok(const struct h2_stream *st, const struct dm_http1_msg *resp)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    uint8_t digest[SHA_DIGEST_LENGTH];
+    SHA_CTX sha;
+    SHA1_Init(&sha);
+    SHA1_Update(&sha, st->hbuf + st->ws_key_off, 24);
+    SHA1_Update(&sha, guid, sizeof(guid) - 1);
+    SHA1_Final(digest, &sha);
+    uint8_t want[32];
+    size_t want_len = EVP_EncodeBlock(want, digest, sizeof(digest));
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const struct dm_http1_header *h = &resp->headers[i];
+        if (dm_str_ieq_lit(h->name, h->name_len, "sec-websocket-accept")) {
+            return h->value_len == want_len && memcmp(h->value, want, want_len) == 0;
+        }
+    }
+    return false;
+}
+
 static void h2_tunnel_open(struct h2_stream *st, const struct dm_http1_msg *resp,
                            struct evbuffer *resp_buf, size_t head_len)
 {
     struct dm_stream *s = &st->s;
+    if (!h2_ws_accept_ok(st, resp)) {
+        evbuffer_drain(resp_buf, head_len);
+        dm_stream_on_upstream_error(s, 502,
+                                    "backend's Sec-WebSocket-Accept does not answer our key");
+        return;
+    }
     struct h2_nva nv;
     size_t num = h2_head_nva(&nv, resp, "200", true);
     if (num == 0) {
@@ -844,7 +877,7 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
         }
     }
     long ws_key_off = -1;
-    if (st->is_ws && (ws_key_off = h2_ws_key(st)) < 0) {
+    if (st->is_ws && (st->ws_key_off = ws_key_off = h2_ws_key(st)) < 0) {
         /* Out of memory, or no entropy yet (early boot). */
         dm_h2_respond(s, 503, "text/plain; charset=utf-8", NULL, "503 Service Unavailable\n");
         return;

@@ -371,6 +371,17 @@ class H2MoreTest(dmtest.DmTestCase):
         self.assertEqual(w.open("/hello"), 502)
         self.assertTrue(w.wait_end())
 
+    def test_wrong_websocket_accept_from_the_backend_is_a_502(self):
+        # doorman is the WebSocket client towards the backend (RFC 6455 section 4.2.2): a
+        # Sec-WebSocket-Accept that does not answer its key opens no tunnel.
+        w = self.ws()
+        self.assertEqual(w.open("/ws?badaccept=1"), 502)
+        self.d.wait_log(lambda l: "Sec-WebSocket-Accept does not answer our key" in l,
+                        what="accept mismatch log line")
+        w2 = self.ws()
+        self.assertEqual(w2.open("/ws"), 200)  # the right answer still opens one
+        self.alive()
+
     def test_backend_refusal_relayed_as_the_final_response(self):
         w = self.ws()
         self.assertEqual(w.open("/status?code=404"), 404)

@@ -708,6 +708,10 @@ static void conn_start_ws(struct conn *c)
     dmt_sha1_update(&s, WS_GUID, strlen(WS_GUID));
     dmt_sha1_final(&s, digest);
     dmt_base64_encode(accept, digest, sizeof(digest));
+    char bad[8];
+    if (query_param(c->target, "badaccept", bad, sizeof(bad)) && strcmp(bad, "1") == 0) {
+        accept[0] = accept[0] == 'A' ? 'B' : 'A'; /* /ws?badaccept=1: a wrong answer */
+    }
     buf_printf(&c->out,
                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                "Sec-WebSocket-Accept: %s\r\nX-Backend: %s\r\nX-Conn-Requests: %" PRIu64
