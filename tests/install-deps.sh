@@ -6,11 +6,15 @@ set -eu
 # Build: compiler, CMake, BoringSSL (Debian's Android build), libevent,
 # nghttp2, jansson. Tests: curl/openssl clients, python3 for the integration
 # driver, clang + its runtime for sanitizers and libFuzzer, Pebble (ACME test CA),
-# headless Chromium and NSS's certutil for the browser test (test_browser.py).
+# headless Chromium and NSS's certutil for the browser test (test_browser.py),
+# Go and Pebble's Go build dependencies for the patched Pebble the tests run
+# (tests/pebble/build.sh).
 PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
 android-libboringssl-dev libevent-dev libnghttp2-dev libjansson-dev
 curl openssl python3 ca-certificates nghttp2-client pebble publicsuffix
-python3-cryptography chromium libnss3-tools"
+python3-cryptography chromium libnss3-tools
+golang-go golang-github-letsencrypt-challtestsrv-dev golang-github-miekg-dns-dev
+golang-gopkg-square-go-jose.v2-dev patch xz-utils"
 if [ "${1:-}" = "--bench" ]; then
     PKGS="$PKGS nginx-light wrk haproxy caddy"
 fi

@@ -8,6 +8,10 @@ set -eu
 cd "$(dirname "$0")/.."
 sh tests/install-deps.sh
 
+# The tests run Pebble from Debian's source with our lock-order fixes
+# (tests/pebble/build.sh); built once, reused while the patch is unchanged.
+sh tests/pebble/build.sh build/pebble
+
 JOBS=${JOBS:-2}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 

@@ -222,7 +222,7 @@ class Pebble:
                    PEBBLE_AUTHZREUSE="0")
         self.log = os.path.join(d, "pebble.log")
         out = open(self.log, "wb")
-        self.proc = spawn(["pebble", "-config", os.path.join(d, "pebble.json"), "-dnsserver",
+        self.proc = spawn([os.environ.get("DM_PEBBLE_BIN", "pebble"), "-config", os.path.join(d, "pebble.json"), "-dnsserver",
                            "127.0.0.1:%d" % DNS_PORT], cpu=LOAD_CPU, stdout=out, stderr=out,
                           env=env)
         out.close()

@@ -11,8 +11,9 @@ proxies="${BENCH_PROXIES:-doorman,caddy}"
 
 need=()
 case ",$proxies," in *,caddy,*) command -v caddy >/dev/null 2>&1 || need+=(caddy) ;; esac
-command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v pebble-challtestsrv >/dev/null 2>&1 || need+=(pebble)
+command -v go >/dev/null 2>&1 || need+=(golang-go golang-github-letsencrypt-challtestsrv-dev
+    golang-github-miekg-dns-dev golang-gopkg-square-go-jose.v2-dev patch xz-utils)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
@@ -43,5 +44,10 @@ case ",$proxies," in
     export DOORMAN="$doorman"
     ;;
 esac
+
+# Debian's Pebble wedges under many concurrent orders: run ours (tests/pebble/build.sh).
+pebble_dir="${BENCH_PEBBLE_DIR:-/tmp/build-bench/pebble}"
+sh "$repo/tests/pebble/build.sh" "$pebble_dir"
+export DM_PEBBLE_BIN="$pebble_dir/pebble"
 
 exec python3 "$here/bench_ondemand.py" "$@"

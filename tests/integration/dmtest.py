@@ -52,6 +52,15 @@ def require_tool(name, apt_package):
     return path
 
 
+def pebble_bin():
+    """The patched Pebble (DM_PEBBLE_BIN, set by CMake); never the packaged one."""
+    path = os.environ.get("DM_PEBBLE_BIN")
+    if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise SetupError(f"DM_PEBBLE_BIN={path or '(unset)'}: no Pebble there; build it with "
+                         "'sh tests/pebble/build.sh build/pebble' (tests/run.sh does)")
+    return path
+
+
 def _binary(var, what):
     path = os.environ.get(var)
     if not path:

@@ -1,7 +1,9 @@
 """Pebble (the ACME test CA) and pebble-challtestsrv on free loopback ports, per
 shared/notes/pebble.md: a throw-away API certificate, challtestsrv answering every A query
 with 127.0.0.1 and no AAAA (Pebble dials only the first address), PEBBLE_VA_NOSLEEP=1, and
-the validation ports (httpPort, tlsPort) pointed at the doorman under test."""
+the validation ports (httpPort, tlsPort) pointed at the doorman under test. Pebble itself is
+Debian's with our lock-order fixes (DM_PEBBLE_BIN, built by tests/pebble/build.sh): the
+packaged one wedges for good when many orders run at once."""
 
 import json
 import os
@@ -15,8 +17,8 @@ class Pebble:
     def __init__(self, env, http_port, tls_port, nonce_reject=0, authz_reuse=0,
                  extra_config=None, extra_env=None):
         self.env = env
-        for tool in ("pebble", "pebble-challtestsrv"):
-            dmtest.require_tool(tool, "pebble")
+        pebble = dmtest.pebble_bin()
+        dmtest.require_tool("pebble-challtestsrv", "pebble")
         openssl = dmtest.require_tool("openssl", "openssl")
         d = env.new_dir("pebble")
         self.dir = d
@@ -64,7 +66,7 @@ class Pebble:
                     PEBBLE_AUTHZREUSE=str(authz_reuse))
         penv.update(extra_env or {})  # may override the defaults above
         self.proc = env.spawn("pebble", [
-            "pebble", "-config", cfg_path, "-dnsserver", f"127.0.0.1:{self.dns_port}",
+            pebble, "-config", cfg_path, "-dnsserver", f"127.0.0.1:{self.dns_port}",
             "-strict"], env=penv)
         self.directory = f"https://127.0.0.1:{self.port}/dir"
         self._ctx = ssl.create_default_context(cafile=self.api_ca)

@@ -10,7 +10,12 @@ set -u
 DRIVER=${1:?driver path}
 REPEAT=${2:-5}
 DRIVER_ARGS=${DRIVER_ARGS:-}   # e.g. "--verbose --poll-first-ms 10"
-for tool in pebble pebble-challtestsrv openssl curl; do
+PEBBLE=${DM_PEBBLE_BIN:-}
+if [ ! -x "$PEBBLE" ]; then
+  echo "FAIL: DM_PEBBLE_BIN='$PEBBLE' is not a Pebble binary (sh tests/pebble/build.sh build/pebble builds it; tests/run.sh does)"
+  exit 1
+fi
+for tool in pebble-challtestsrv openssl curl; do
   if ! command -v $tool >/dev/null; then
     echo "FAIL: $tool not installed (apt-get install -y pebble openssl curl; tests/install-deps.sh does it)"
     exit 1
@@ -58,7 +63,7 @@ PEBBLE_PID=
 start_pebble() {
   if [ -n "$PEBBLE_PID" ]; then kill $PEBBLE_PID; wait $PEBBLE_PID 2>/dev/null; fi
   PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=$1 PEBBLE_AUTHZREUSE=$2 \
-    pebble -config $T/pebble.json -dnsserver 127.0.0.1:8053 -strict \
+    "$PEBBLE" -config $T/pebble.json -dnsserver 127.0.0.1:8053 -strict \
     > $T/pebble-$1.log 2>&1 &
   PEBBLE_PID=$!
   PIDS+=($PEBBLE_PID)
