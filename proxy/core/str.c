@@ -23,11 +23,6 @@ bool dm_str_ieq(const char *a, size_t a_len, const char *b, size_t b_len)
     return true;
 }
 
-bool dm_str_ieq_lit(const char *a, size_t a_len, const char *lit)
-{
-    return dm_str_ieq(a, a_len, lit, strlen(lit));
-}
-
 int dm_str_lower(char *dst, size_t dst_cap, const char *src, size_t src_len)
 {
     if (src_len + 1 > dst_cap) {

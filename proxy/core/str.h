@@ -10,8 +10,14 @@
 /* dm_str_ieq compares two byte strings ASCII-case-insensitively. */
 bool dm_str_ieq(const char *a, size_t a_len, const char *b, size_t b_len);
 
-/* dm_str_ieq_lit compares a byte string with a NUL-terminated literal. */
-bool dm_str_ieq_lit(const char *a, size_t a_len, const char *lit);
+/* dm_str_ieq_lit compares a byte string with a NUL-terminated literal.
+ * Inline so the literal's length folds to a constant and a length mismatch
+ * (most calls, in header scans) costs one comparison. */
+static inline bool dm_str_ieq_lit(const char *a, size_t a_len, const char *lit)
+{
+    size_t n = __builtin_strlen(lit);
+    return a_len == n && dm_str_ieq(a, a_len, lit, n);
+}
 
 /* dm_str_lower copies src (src_len bytes) into dst lower-cased and NUL-terminates
  * it; returns -1 if it does not fit in dst_cap. */
