@@ -35,10 +35,17 @@ PORT_BASE = b1.env_int("BENCH_PORT_BASE", 28500)
 RATE = b1.env_int("BENCH_H2_RATE", 2000)
 RATE_CONNS = b1.env_int("BENCH_H2_RATE_CONNS", 50)
 RATE_SECONDS = b1.env_int("BENCH_H2_RATE_SECONDS", 10)
+# Requests started while the clients still connect (one per ms, each a TLS handshake on
+# both sides) are the ramp-up, not the fixed rate: "steady" percentiles leave out the
+# first RATE_CONNS ms plus this margin, as h2load's own --warm-up-time does for -D runs.
+RAMP_MARGIN_MS = b1.env_int("BENCH_H2_RAMP_MARGIN_MS", 100)
+# The floor: nginx answering the same body itself over TLS h2 on the proxy CPU, no
+# backend hop. Its latency is what this machine allows any server; 0 leaves it out.
+FLOOR = b1.env_int("BENCH_H2_FLOOR", 1)
 ONLY = [p for p in os.environ.get("BENCH_PROXIES", "doorman,nginx,haproxy,caddy").split(",")
         if p]
 PORTS = {"doorman": PORT_BASE + 43, "nginx": PORT_BASE + 44, "haproxy": PORT_BASE + 45,
-         "caddy": PORT_BASE + 46}
+         "caddy": PORT_BASE + 46, "floor": PORT_BASE + 47}
 b1.PORTS = PORTS
 b1.BACKEND_PORT = PORT_BASE + 80
 HOST = b1.HOST
@@ -51,6 +58,21 @@ def write_nginx_h2_conf(d, cert, key):
     conf = conf.replace("listen 127.0.0.1:%d ssl backlog=4096;" % PORTS["nginx"],
                         "listen 127.0.0.1:%d ssl http2 backlog=4096;\n"
                         "        http2_max_concurrent_streams 128;" % PORTS["nginx"])
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def write_floor_conf(d, cert, key):
+    """nginx serving the backend's body itself over TLS h2, on the floor port."""
+    path = write_nginx_h2_conf(d, cert, key)
+    with open(path) as f:
+        conf = f.read()
+    conf = conf.replace("listen 127.0.0.1:%d ssl" % PORTS["nginx"],
+                        "listen 127.0.0.1:%d ssl" % PORTS["floor"])
+    conf = re.sub(r"location / \{.*?\n        \}",
+                  'location / { default_type text/plain; return 200 "%s"; }' % b1.BODY.decode(),
+                  conf, flags=re.S)
     with open(path, "w") as f:
         f.write(conf)
     return path
@@ -139,7 +161,7 @@ def measure_latency(px):
         b1.stop(p)
     if p in b1.CHILDREN:
         b1.CHILDREN.remove(p)
-    lat, failed = [], 0
+    rows, failed = [], 0  # (start in us since the epoch, latency in ms)
     try:
         with open(log_path) as f:
             for line in f:
@@ -149,17 +171,20 @@ def measure_latency(px):
                 if not cols[1].startswith("2"):
                     failed += 1
                     continue
-                lat.append(int(cols[2]) / 1000.0)
+                rows.append((int(cols[0]), int(cols[2]) / 1000.0))
     except OSError:
         pass
-    if not lat:
+    if not rows:
         return {"lat_failed": failed}
-    lat.sort()
+    ramp_end = min(r[0] for r in rows) + (RATE_CONNS + RAMP_MARGIN_MS) * 1000
+    lat = sorted(r[1] for r in rows)
+    steady = sorted(r[1] for r in rows if r[0] >= ramp_end)
 
-    def pct(q):
-        return lat[min(len(lat) - 1, int(q * len(lat)))]
+    def pct(v, q):
+        return v[min(len(v) - 1, int(q * len(v)))] if v else None
 
-    return {"p50": pct(0.50), "p99": pct(0.99), "lat_n": len(lat), "lat_failed": failed,
+    return {"p50": pct(lat, 0.50), "p99": pct(lat, 0.99), "p99s": pct(steady, 0.99),
+            "p999s": pct(steady, 0.999), "lat_n": len(lat), "lat_failed": failed,
             "lat_rps": len(lat) / RATE_SECONDS}
 
 
@@ -193,6 +218,14 @@ def measure(px):
               "value": cpu / r["ok"] * 1e6 if r["ok"] and ok else None, "crashed": not ok})
     if r["failed"] or not r["ok"] or r["proto"] != "h2":
         r["h2load"] = out[-1500:]
+    r.update(measure_latency(px))
+    return r
+
+
+def measure_floor(px):
+    """Latency only: the floor proxies nothing, so its CPU per request means nothing."""
+    run_h2load(px.port, 1)
+    r = {"value": None, "rps": None, "crashed": not px.check("h2 warm-up")}
     r.update(measure_latency(px))
     return r
 
@@ -237,6 +270,10 @@ def main():
         proxies["haproxy"] = b1.Proxy("haproxy", ["haproxy", "-db", "-f",
                                                   write_haproxy_conf(d, cert, key)],
                                       PORTS["haproxy"], d)
+    if FLOOR and RATE > 0:
+        d = os.path.join(work, "floor")
+        proxies["floor"] = b1.Proxy("floor", b1.nginx_argv(d, write_floor_conf(d, cert, key)),
+                                    PORTS["floor"], d)
     if "caddy" in ONLY:
         d = os.path.join(work, "caddy")
         os.environ.setdefault("GOMAXPROCS", "1")  # one core for each proxy
@@ -255,12 +292,13 @@ def main():
         b1.log("round %d/%d, order %s" % (r + 1, ROUNDS, " ".join(order)))
         rnd = {}
         for n in order:
-            rnd[n] = res = measure(proxies[n])
+            rnd[n] = res = (measure_floor(proxies[n]) if n == "floor"
+                            else measure(proxies[n]))
             b1.log("  %-8s %s us/req, %s req/s, %d failed, %s; at %d req/s: p50 %s ms, "
-                   "p99 %s ms (%s done, %d failed)" % (
+                   "p99 %s ms, steady p99 %s ms (%s done, %d failed)" % (
                        n, b1.fmt(res["value"]), b1.fmt(res["rps"]), res.get("failed", 0),
                        res.get("proto"), RATE, fmt_ms(res.get("p50")),
-                       fmt_ms(res.get("p99")), res.get("lat_n", 0),
+                       fmt_ms(res.get("p99")), fmt_ms(res.get("p99s")), res.get("lat_n", 0),
                        res.get("lat_failed", 0)))
             if res.get("h2load"):
                 b1.log("  h2load output:\n" + res["h2load"])
@@ -275,12 +313,13 @@ def main():
     print("%-9s %12s %12s %12s %12s" % ("proxy", "us/req", "req/s", "d/x us/req",
                                           "d/x req/s"))
     med = {}
-    for n in names:
+    cpu_names = [n for n in names if n != "floor"]
+    for n in cpu_names:
         vals = [r[n]["value"] for r in rounds if r[n]["value"]]
         rps = [r[n]["rps"] for r in rounds if r[n]["rps"]]
         med[n] = (statistics.median(vals) if vals else None,
                   statistics.median(rps) if rps else None)
-    for n in names:
+    for n in cpu_names:
         cpu_ratio = [r["doorman"]["value"] / r[n]["value"] for r in rounds
                      if "doorman" in r and r["doorman"]["value"] and r[n]["value"]]
         rps_ratio = [r["doorman"]["rps"] / r[n]["rps"] for r in rounds
@@ -295,18 +334,26 @@ def main():
         print("latency at a fixed %d req/s (h2load -c%d -m1 --rps=%g -r1 --rate-period=1ms, "
               "%d requests): medians over rounds"
               % (RATE, RATE_CONNS, RATE / RATE_CONNS, RATE * RATE_SECONDS))
-        print("%-9s %10s %10s %12s" % ("proxy", "p50 ms", "p99 ms", "d/x p99"))
+        print("steady: requests started after the ramp-up (the first %d ms: clients connect "
+              "1 ms apart)" % (RATE_CONNS + RAMP_MARGIN_MS))
+        print("floor: nginx answering by itself over TLS h2 on the proxy CPU, no backend hop")
+        print("%-9s %9s %9s %12s %12s %12s" % ("proxy", "p50 ms", "p99 ms", "steady p99",
+                                             "steady p99.9", "d/x st. p99"))
+
+        def med_of(n, key):
+            v = [r[n][key] for r in rounds if r[n].get(key) is not None]
+            return statistics.median(v) if v else None
         for n in names:
-            p50 = [r[n]["p50"] for r in rounds if r[n].get("p50") is not None]
-            p99 = [r[n]["p99"] for r in rounds if r[n].get("p99") is not None]
-            ratio = [r["doorman"]["p99"] / r[n]["p99"] for r in rounds
-                     if r["doorman"].get("p99") and r[n].get("p99")] if "doorman" in names else []
-            print("%-9s %10s %10s %12s" % (
-                n, fmt_ms(statistics.median(p50) if p50 else None),
-                fmt_ms(statistics.median(p99) if p99 else None),
+            ratio = [r["doorman"]["p99s"] / r[n]["p99s"] for r in rounds
+                     if r["doorman"].get("p99s") and r[n].get("p99s")] if "doorman" in names else []
+            print("%-9s %9s %9s %12s %12s %12s" % (
+                n, fmt_ms(med_of(n, "p50")), fmt_ms(med_of(n, "p99")), fmt_ms(med_of(n, "p99s")),
+                fmt_ms(med_of(n, "p999s")),
                 "%.3f" % statistics.median(ratio) if ratio else "-"))
+        print("per round steady p99 ms: " + "; ".join(
+            "%s %s" % (n, ",".join(fmt_ms(r[n].get("p99s")) for r in rounds)) for n in names))
     print("per round us/req: " + "; ".join(
-        "%s %s" % (n, ",".join(b1.fmt(r[n]["value"]) for r in rounds)) for n in names))
+        "%s %s" % (n, ",".join(b1.fmt(r[n]["value"]) for r in rounds)) for n in cpu_names))
     crashed = any(px.crashes for px in proxies.values())
     for px in proxies.values():
         for c in px.crashes:
