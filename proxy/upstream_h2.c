@@ -42,6 +42,10 @@
 #define H2U_MAX_FIELDS    DM_MAX_HEADERS_CAP
 /* Times a refused, unprocessed request is sent again on another connection. */
 #define H2U_MAX_REPLAYS 2
+/* A request is kept for that (head and the body sent so far) up to this
+ * size, until the answer starts: a gRPC call or a form post fits, an upload
+ * does not and gets the 502. */
+#define H2U_REPLAY_MAX (64 * 1024)
 
 enum h2c_state {
     H2C_RESOLVING = 0,
@@ -83,11 +87,14 @@ struct dm_uph2_stream {
     enum dm_http1_body req_body;
     uint64_t req_left;
     struct dm_http1_chunked req_chunked;
-    struct evbuffer *body;       /* owned: decoded request body waiting for DATA frames; for a
-                                    request without a body, its submitted head (for a replay) */
-    bool replayable;             /* body holds the head of a body-less request */
-    int replays;                 /* times moved to another connection after a refusal */
-    const struct cfg_addr *addr; /* borrowed from the exchange's config: for a replay */
+    struct evbuffer *body;        /* owned: decoded request body waiting for DATA frames */
+    struct evbuffer *replay_head; /* owned: the submitted head, while replayable */
+    struct evbuffer *replay_body; /* owned: decoded body bytes already sent, while replayable */
+    size_t replay_len;            /* bytes of both */
+    bool replayable;              /* the request as sent so far is kept whole */
+    bool resubmit;                /* hs_submit sends a replay: body state stays */
+    int replays;                  /* times moved to another connection after a refusal */
+    const struct cfg_addr *addr;  /* borrowed from the exchange's config: for a replay */
     uint32_t connect_ms;
     bool body_eof;
     bool deferred; /* the data source waits for body bytes */
@@ -131,6 +138,12 @@ static void hs_free(struct dm_uph2_stream *hs)
     if (hs->body != NULL) {
         evbuffer_free(hs->body);
     }
+    if (hs->replay_head != NULL) {
+        evbuffer_free(hs->replay_head);
+    }
+    if (hs->replay_body != NULL) {
+        evbuffer_free(hs->replay_body);
+    }
     if (hs->fields != NULL) {
         evbuffer_free(hs->fields);
     }
@@ -159,6 +172,34 @@ static void hs_consume(struct dm_uph2_stream *hs)
     h2c_schedule(hc);
 }
 
+/* hs_drop_replay lets go of the kept copy: the answer started, or the
+ * request outgrew H2U_REPLAY_MAX. */
+static void hs_drop_replay(struct dm_uph2_stream *hs)
+{
+    hs->replayable = false;
+    hs->replay_len = 0;
+    if (hs->replay_head != NULL) {
+        evbuffer_free(hs->replay_head);
+        hs->replay_head = NULL;
+    }
+    if (hs->replay_body != NULL) {
+        evbuffer_free(hs->replay_body);
+        hs->replay_body = NULL;
+    }
+}
+
+/* hs_keep_for_replay adds n bytes to the kept copy (into dst, one of its
+ * two buffers), or drops the copy if it would outgrow H2U_REPLAY_MAX. */
+static void hs_keep_for_replay(struct dm_uph2_stream *hs, struct evbuffer *dst, const void *p,
+                               size_t n)
+{
+    if (hs->replay_len + n > H2U_REPLAY_MAX || evbuffer_add(dst, p, n) != 0) {
+        hs_drop_replay(hs);
+        return;
+    }
+    hs->replay_len += n;
+}
+
 /* hs_pull moves request bytes from the exchange's output into the stream:
  * the head becomes HEADERS, the body is decoded into hs->body. */
 static void hs_pull(struct dm_uph2_stream *hs);
@@ -175,6 +216,9 @@ static ssize_t hs_on_data_read(nghttp2_session *session, int32_t stream_id, uint
     if (n == 0 && !hs->body_eof) {
         hs->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
+    }
+    if (hs->replayable) {
+        hs_keep_for_replay(hs, hs->replay_body, buf, n);
     }
     if (hs->body_eof && evbuffer_get_length(hs->body) == 0) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -266,8 +310,14 @@ static void hs_submit(struct dm_uph2_stream *hs)
 #undef NV
     hs->is_head = dm_str_ieq_lit(m.method, m.method_len, "HEAD");
     hs->req_body = m.body;
-    hs->req_left = m.body == DM_HTTP1_BODY_LENGTH ? m.content_length : 0;
-    dm_http1_chunked_init(&hs->req_chunked);
+    if (!hs->resubmit) {
+        /* A replay keeps where the body stood: what was sent is queued again
+         * in hs->body, the rest still comes from u_out. */
+        hs->req_left = m.body == DM_HTTP1_BODY_LENGTH ? m.content_length : 0;
+        dm_http1_chunked_init(&hs->req_chunked);
+        hs->body_eof = m.body == DM_HTTP1_BODY_NONE;
+    }
+    hs->resubmit = false;
     nghttp2_data_provider prd = {.source.ptr = hs, .read_callback = hs_on_data_read};
     int32_t id = nghttp2_submit_request(hc->sess, NULL, hs_nv, nv,
                                         m.body == DM_HTTP1_BODY_NONE ? NULL : &prd, hs);
@@ -280,15 +330,23 @@ static void hs_submit(struct dm_uph2_stream *hs)
     }
     hs->id = id;
     hs->head_sent = true;
-    hs->body_eof = m.body == DM_HTTP1_BODY_NONE;
-    if (hs->body_eof) {
-        /* Kept (moved, not copied) until the answer starts: a stream the
-         * backend refuses unprocessed goes out again on another connection. */
-        evbuffer_remove_buffer(hs->u_out, hs->body, (size_t)n);
-        hs->replayable = true;
-    } else {
-        evbuffer_drain(hs->u_out, (size_t)n);
+    /* Kept until the answer starts: a stream the backend refuses unprocessed
+     * goes out again on another connection. A body-less request's head is
+     * moved, not copied. */
+    hs->replay_len = 0;
+    bool has_body = m.body != DM_HTTP1_BODY_NONE;
+    hs->replayable =
+        (hs->replay_head != NULL || (hs->replay_head = evbuffer_new()) != NULL) &&
+        (!has_body || hs->replay_body != NULL || (hs->replay_body = evbuffer_new()) != NULL);
+    if (hs->replayable && !has_body && (size_t)n <= H2U_REPLAY_MAX) {
+        evbuffer_remove_buffer(hs->u_out, hs->replay_head, (size_t)n);
+        hs->replay_len = (size_t)n;
+        return;
     }
+    if (hs->replayable) {
+        hs_keep_for_replay(hs, hs->replay_head, data, (size_t)n);
+    }
+    evbuffer_drain(hs->u_out, (size_t)n);
 }
 
 static void hs_pull(struct dm_uph2_stream *hs)
@@ -411,6 +469,7 @@ static void hs_emit_head(struct dm_uph2_stream *hs, bool end_stream)
     evbuffer_add(in, "\r\n", 2);
     if (!informational) {
         hs->resp_head_done = true;
+        hs_drop_replay(hs);
     }
 }
 
@@ -499,15 +558,16 @@ static struct dm_uph2_conn *h2c_pick(struct dm_worker *w, struct dm_up_tr *tr,
                                      const struct cfg_addr *addr, uint32_t connect_ms);
 static void hs_link(struct dm_uph2_stream *hs, struct dm_uph2_conn *hc);
 
-/* hs_replay sends a body-less request the backend refused unprocessed
- * (REFUSED_STREAM, or above the last stream id of its GOAWAY: RFC 9113
- * §8.7 says it may be retried) on another connection to the same backend:
- * a graceful restart of the backend costs no client a 502. Returns true if
- * the request went out again. */
+/* hs_replay sends a request the backend refused unprocessed (REFUSED_STREAM,
+ * or above the last stream id of its GOAWAY: RFC 9113 §8.7 says it may be
+ * retried) on another connection to the same backend, when all of it that
+ * went out is still kept (H2U_REPLAY_MAX): a graceful restart of the backend
+ * costs no client a 502, gRPC calls included. Returns true if the request
+ * went out again. */
 static bool hs_replay(struct dm_uph2_stream *hs)
 {
     if (!hs->replayable || hs->resp_head_done || hs->replays >= H2U_MAX_REPLAYS ||
-        evbuffer_get_length(hs->u_out) != 0) {
+        (hs->body_eof && evbuffer_get_length(hs->u_out) != 0)) {
         return false;
     }
     struct dm_uph2_conn *old = hs->hc;
@@ -519,12 +579,19 @@ static bool hs_replay(struct dm_uph2_stream *hs)
     }
     DM_LOG_DBG("upstream", "%s: a stream refused unprocessed goes out again on another connection",
                old->name);
-    evbuffer_add_buffer(hs->u_out, hs->body);
+    /* The head goes back in front of what u_out still holds of the body;
+     * the body sent so far goes back in front of what waits to be sent. */
+    evbuffer_prepend_buffer(hs->u_out, hs->replay_head);
+    if (hs->replay_body != NULL) {
+        evbuffer_prepend_buffer(hs->body, hs->replay_body);
+    }
     hs->replayable = false;
+    hs->replay_len = 0;
+    hs->resubmit = true;
+    hs->deferred = false;
     hs->replays++;
     hs->id = 0;
     hs->head_sent = false;
-    hs->body_eof = false;
     hs_link(hs, hc);
     h2c_schedule(hc);
     return true;

@@ -443,6 +443,52 @@ class BackendH2Test(dmtest.DmTestCase):
         self.assertNotEqual(re.search(r"x-conn: (\d+)", out).group(1), first.group(1))
         d.wait_log(lambda l: "refused unprocessed goes out again" in l, what="replay log line")
 
+    def test_graceful_goaway_replays_a_request_with_a_body(self):
+        # gRPC calls and form posts carry a body: kept (up to 64 KiB) until the answer
+        # starts, it goes out again whole on the new connection, from either client
+        # protocol, with a length or chunked.
+        data = os.urandom(40 * 1024)
+        up = self.env.path("replay-body.bin")
+        with open(up, "wb") as f:
+            f.write(data)
+        want = f"len={len(data)} fnv={dmtest.fnv1a64(data)}"
+        for i, args in enumerate([["--http2"], ["--http1.1"],
+                                  ["--http1.1", "-H", "Transfer-Encoding: chunked"]]):
+            _, port = start_h2_backend(self.env, f"restarting-{i}")
+            cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
+                                     [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
+                                       "upstream": {"protocol": "h2c"}}],
+                                     log={"level": "debug"})
+            d = self.env.doorman_run(cfg)
+            first = re.search(r"x-conn: (\d+)",
+                              dmtest.text(d.curl("g.test", "/hello", "-i").stdout)).group(1)
+            r = d.curl("g.test", "/goaway-once", "-i", *args, "--data-binary", "@" + up)
+            out = dmtest.text(r.stdout)
+            self.assertIn("200", out.splitlines()[0], (args, out))
+            self.assertIn(want, out, args)
+            self.assertNotEqual(re.search(r"x-conn: (\d+)", out).group(1), first, args)
+            d.wait_log(lambda l: "refused unprocessed goes out again" in l,
+                       what="replay log line")
+
+    def test_refused_request_too_big_to_keep_gets_502(self):
+        # Past 64 KiB the request is not kept: a refusal is a 502, never a second copy.
+        _, port = start_h2_backend(self.env, "restarting-big")
+        cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
+                                 [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
+                                   "upstream": {"protocol": "h2c"}}], log={"level": "debug"})
+        d = self.env.doorman_run(cfg)
+        up = self.env.path("big-body.bin")
+        with open(up, "wb") as f:
+            f.write(os.urandom(100 * 1024))
+        r = d.curl("g.test", "/goaway-once", "-o", "/dev/null", "-w", "%{http_code}",
+                   "--data-binary", "@" + up)
+        self.assertEqual(dmtest.text(r.stdout), "502")
+        self.assertFalse(any("refused unprocessed goes out again" in l
+                             for l in d.access_log_lines()))
+        # The backend is fine: the next request is answered.
+        out = dmtest.text(d.curl("g.test", "/goaway-once", "-i").stdout)
+        self.assertIn("hello from h2 restarting-big", out)
+
     def test_backend_goaway(self):
         conn = re.search(r"x-conn: (\d+)",
                          dmtest.text(self.d.curl("lim.test", "/hello", "-i").stdout)).group(1)

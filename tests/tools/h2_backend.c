@@ -13,7 +13,7 @@
  *   GET  /rst-mid               a response head and 1000 bytes, then RST_STREAM
  *   GET  /goaway                GOAWAY that leaves this stream unprocessed, then close
  *   GET  /goaway-once           the first one in the process as /goaway (a graceful restart),
- *                               later ones as /hello
+ *                               later ones as /hello (as /upload when they carry a body)
  * --max-streams N sets SETTINGS_MAX_CONCURRENT_STREAMS; every response carries x-conn (a
  * connection number) and x-backend (--name).
  */
@@ -191,7 +191,8 @@ static void on_request(struct conn *c, struct stream *s)
         s->next_ms = now_ms() + 100;
         return;
     }
-    if (strcmp(s->path, "/hello") == 0 || strcmp(s->path, "/goaway-once") == 0) {
+    if (strcmp(s->path, "/hello") == 0 ||
+        (strcmp(s->path, "/goaway-once") == 0 && s->up_len == 0)) {
         char b[128];
         snprintf(b, sizeof(b), "hello from h2 %s\n", name);
         set_body(s, b, strlen(b));
@@ -203,7 +204,8 @@ static void on_request(struct conn *c, struct stream *s)
         respond(c, s, 200, "application/octet-stream", true);
         return;
     }
-    if (strcmp(s->path, "/upload") == 0) {
+    if (strcmp(s->path, "/upload") == 0 ||
+        (strcmp(s->path, "/goaway-once") == 0 && s->up_len > 0)) {
         char b[96];
         snprintf(b, sizeof(b), "len=%llu fnv=%016llx\n", (unsigned long long)s->up_len,
                  (unsigned long long)s->up_hash);
