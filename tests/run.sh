@@ -10,7 +10,16 @@ sh tests/install-deps.sh
 
 # The tests run Pebble from Debian's source with our lock-order fixes
 # (tests/pebble/build.sh); built once, reused while the patch is unchanged.
-sh tests/pebble/build.sh build/pebble
+# Where the source package cannot be had (an archive mirror without sources),
+# the packaged Pebble stands in, with a warning: it can deadlock when many
+# orders run at once, which test_ondemand's 200 names sometimes hit.
+if ! sh tests/pebble/build.sh build/pebble; then
+    echo "WARNING: could not build the patched Pebble; the tests use Debian's" \
+        "/usr/bin/pebble, which can deadlock under concurrent orders" >&2
+    mkdir -p build/pebble
+    rm -f build/pebble/stamp
+    ln -sf /usr/bin/pebble build/pebble/pebble
+fi
 
 JOBS=${JOBS:-2}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}

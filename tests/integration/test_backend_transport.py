@@ -426,15 +426,20 @@ class BackendH2Test(dmtest.DmTestCase):
         r = self.d.curl("c.test", "/hello", "--http2")
         self.assertIn(b"hello from h2 cleartext", r.stdout)
 
+    def _restarting_backend(self, name):
+        """A doorman whose site g.test has one h2c backend (its /goaway-once is a graceful
+        restart), debug logs on for the replay line."""
+        _, port = start_h2_backend(self.env, name)
+        cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
+                                 [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
+                                   "upstream": {"protocol": "h2c"}}], log={"level": "debug"})
+        return self.env.doorman_run(cfg)
+
     def test_graceful_goaway_replays_the_refused_request(self):
         # A backend restarting gracefully (GOAWAY below our stream: not processed, RFC 9113
         # section 8.7) costs the client nothing: the body-less request goes out again on a
         # new connection to the same, single backend.
-        _, port = start_h2_backend(self.env, "restarting")
-        cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
-                                 [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
-                                   "upstream": {"protocol": "h2c"}}], log={"level": "debug"})
-        d = self.env.doorman_run(cfg)
+        d = self._restarting_backend("restarting")
         first = re.search(r"x-conn: (\d+)", dmtest.text(d.curl("g.test", "/hello", "-i").stdout))
         r = d.curl("g.test", "/goaway-once", "-i")
         out = dmtest.text(r.stdout)
@@ -454,12 +459,7 @@ class BackendH2Test(dmtest.DmTestCase):
         want = f"len={len(data)} fnv={dmtest.fnv1a64(data)}"
         for i, args in enumerate([["--http2"], ["--http1.1"],
                                   ["--http1.1", "-H", "Transfer-Encoding: chunked"]]):
-            _, port = start_h2_backend(self.env, f"restarting-{i}")
-            cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
-                                     [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
-                                       "upstream": {"protocol": "h2c"}}],
-                                     log={"level": "debug"})
-            d = self.env.doorman_run(cfg)
+            d = self._restarting_backend(f"restarting-{i}")
             first = re.search(r"x-conn: (\d+)",
                               dmtest.text(d.curl("g.test", "/hello", "-i").stdout)).group(1)
             r = d.curl("g.test", "/goaway-once", "-i", *args, "--data-binary", "@" + up)
@@ -472,11 +472,7 @@ class BackendH2Test(dmtest.DmTestCase):
 
     def test_refused_request_too_big_to_keep_gets_502(self):
         # Past 64 KiB the request is not kept: a refusal is a 502, never a second copy.
-        _, port = start_h2_backend(self.env, "restarting-big")
-        cfg = dmtest.base_config(self.env.new_dir(), dmtest.free_port(),
-                                 [{"hosts": ["g.test"], "to": f"127.0.0.1:{port}",
-                                   "upstream": {"protocol": "h2c"}}], log={"level": "debug"})
-        d = self.env.doorman_run(cfg)
+        d = self._restarting_backend("restarting-big")
         up = self.env.path("big-body.bin")
         with open(up, "wb") as f:
             f.write(os.urandom(100 * 1024))
