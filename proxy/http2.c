@@ -25,6 +25,7 @@
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
 #include "proxy/core/time.h"
+#include "proxy/h2_fields.h"
 #include "proxy/proxy_int.h"
 
 /* Frames produced per flush round before writing (bounds c->out). */
@@ -276,40 +277,7 @@ static ssize_t h2_on_data_read(nghttp2_session *session, int32_t stream_id, uint
             /* Trailers of a chunked backend response end the stream in a
              * HEADERS frame of their own (RFC 9113 §8.1). */
             nghttp2_nv nva[64];
-            size_t num = 0;
-            size_t tlen = evbuffer_get_length(st->s.trailers);
-            char *t = (char *)evbuffer_pullup(st->s.trailers, (ssize_t)tlen);
-            char *p = t, *end = t + tlen;
-            while (p < end && num < 64) {
-                char *eol = memchr(p, '\n', (size_t)(end - p));
-                char *colon = memchr(p, ':', (size_t)(eol ? eol - p : end - p));
-                if (eol == NULL || colon == NULL) {
-                    break;
-                }
-                char *vend = eol;
-                if (vend > p && vend[-1] == '\r') {
-                    vend--;
-                }
-                char *v = colon + 1;
-                while (v < vend && (*v == ' ' || *v == '\t')) {
-                    v++;
-                }
-                while (vend > v && (vend[-1] == ' ' || vend[-1] == '\t')) {
-                    vend--;
-                }
-                for (char *q = p; q < colon; q++) {
-                    if (*q >= 'A' && *q <= 'Z') {
-                        *q = (char)(*q + 32);
-                    }
-                }
-                struct dm_http1_header h = {p, (size_t)(colon - p), v, (size_t)(vend - v)};
-                struct dm_http1_msg none = {.known = {.connection = -1}};
-                if (!dm_header_is_hop_by_hop(&h, &none)) {
-                    nva[num++] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)v, h.name_len, h.value_len,
-                                              NGHTTP2_NV_FLAG_NONE};
-                }
-                p = eol + 1;
-            }
+            size_t num = dm_h2_fields_from_lines(st->s.trailers, nva, 64);
             if (num > 0 && nghttp2_submit_trailer(session, stream_id, nva, num) == 0) {
                 *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             }
@@ -845,6 +813,7 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
     size_t cookie_off = 0, cookie_len = 0;
     bool has_cookie = false;
     int64_t content_length = -1;
+    bool announces_trailers = false;
     for (size_t i = 0; i < st->num_fields; i++) {
         const struct h2_field *f = &st->fields[i];
         const char *name = st->hbuf + f->name_off;
@@ -868,6 +837,7 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
             /* Forwarded as is; the backend's 100 is relayed (h2_relay_interim). */
             m->expect_continue |= dm_str_ieq_lit(value, f->value_len, "100-continue");
         }
+        announces_trailers |= dm_str_ieq_lit(name, f->name_len, "trailer");
         if (dm_str_ieq_lit(name, f->name_len, "content-length")) {
             char num[24];
             size_t n = f->value_len < sizeof(num) - 1 ? f->value_len : sizeof(num) - 1;
@@ -930,7 +900,10 @@ static void h2_start_request(struct h2_stream *st, bool end_stream)
         m->body = DM_HTTP1_BODY_NONE; /* the stream's DATA is the tunnel, after the 101 */
     } else if (end_stream) {
         m->body = DM_HTTP1_BODY_NONE;
-    } else if (content_length >= 0) {
+    } else if (content_length >= 0 && !announces_trailers) {
+        /* With a Trailer field the body goes out chunked even though its
+         * length is known: only a chunked body carries trailers to an
+         * HTTP/1.1 backend (and upstream_h2.c turns them into HEADERS). */
         m->body = content_length > 0 ? DM_HTTP1_BODY_LENGTH : DM_HTTP1_BODY_NONE;
         m->content_length = (uint64_t)content_length;
     } else {

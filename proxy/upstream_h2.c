@@ -29,6 +29,7 @@
 #include "proxy/core/log.h"
 #include "proxy/core/str.h"
 #include "proxy/dns_cache.h"
+#include "proxy/h2_fields.h"
 #include "proxy/proxy_int.h"
 #include "proxy/upstream_tr.h"
 
@@ -87,14 +88,15 @@ struct dm_uph2_stream {
     enum dm_http1_body req_body;
     uint64_t req_left;
     struct dm_http1_chunked req_chunked;
-    struct evbuffer *body;        /* owned: decoded request body waiting for DATA frames */
-    struct evbuffer *replay_head; /* owned: the submitted head, while replayable */
-    struct evbuffer *replay_body; /* owned: decoded body bytes already sent, while replayable */
-    size_t replay_len;            /* bytes of both */
-    bool replayable;              /* the request as sent so far is kept whole */
-    bool resubmit;                /* hs_submit sends a replay: body state stays */
-    int replays;                  /* times moved to another connection after a refusal */
-    const struct cfg_addr *addr;  /* borrowed from the exchange's config: for a replay */
+    struct evbuffer *req_trailers; /* owned: trailer lines of a chunked request body */
+    struct evbuffer *body;         /* owned: decoded request body waiting for DATA frames */
+    struct evbuffer *replay_head;  /* owned: the submitted head, while replayable */
+    struct evbuffer *replay_body;  /* owned: decoded body bytes already sent, while replayable */
+    size_t replay_len;             /* bytes of both */
+    bool replayable;               /* the request as sent so far is kept whole */
+    bool resubmit;                 /* hs_submit sends a replay: body state stays */
+    int replays;                   /* times moved to another connection after a refusal */
+    const struct cfg_addr *addr;   /* borrowed from the exchange's config: for a replay */
     uint32_t connect_ms;
     bool body_eof;
     bool deferred; /* the data source waits for body bytes */
@@ -143,6 +145,9 @@ static void hs_free(struct dm_uph2_stream *hs)
     }
     if (hs->replay_body != NULL) {
         evbuffer_free(hs->replay_body);
+    }
+    if (hs->req_trailers != NULL) {
+        evbuffer_free(hs->req_trailers);
     }
     if (hs->fields != NULL) {
         evbuffer_free(hs->fields);
@@ -208,8 +213,6 @@ static ssize_t hs_on_data_read(nghttp2_session *session, int32_t stream_id, uint
                                size_t length, uint32_t *data_flags, nghttp2_data_source *source,
                                void *user_data)
 {
-    (void)session;
-    (void)stream_id;
     (void)user_data;
     struct dm_uph2_stream *hs = source->ptr;
     size_t n = evbuffer_remove(hs->body, buf, length);
@@ -222,6 +225,14 @@ static ssize_t hs_on_data_read(nghttp2_session *session, int32_t stream_id, uint
     }
     if (hs->body_eof && evbuffer_get_length(hs->body) == 0) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        /* The trailers of a chunked request (a client's checksum, say) end
+         * the stream in a HEADERS frame of their own (RFC 9113 §8.1). */
+        nghttp2_nv nva[64];
+        size_t num =
+            hs->req_trailers != NULL ? dm_h2_fields_from_lines(hs->req_trailers, nva, 64) : 0;
+        if (num > 0 && nghttp2_submit_trailer(session, stream_id, nva, num) == 0) {
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        }
     }
     hs->want_writable = true;
     return (ssize_t)n;
@@ -381,7 +392,9 @@ static void hs_pull(struct dm_uph2_stream *hs)
         hs->body_eof = hs->req_left == 0;
     } else {
         uint64_t moved;
-        if (dm_chunked_move(&hs->req_chunked, hs->u_out, hs->body, true, &moved) != 0) {
+        if ((hs->req_trailers == NULL && (hs->req_trailers = evbuffer_new()) == NULL) ||
+            dm_chunked_move_trailers(&hs->req_chunked, hs->u_out, hs->body, hs->req_trailers,
+                                     &moved) != 0) {
             hs->err = "bad chunked request body";
             return;
         }

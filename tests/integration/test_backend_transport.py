@@ -321,6 +321,24 @@ class BackendH2Test(dmtest.DmTestCase):
                 self.assertIn(f"hello from h2 {be}", out, (host, proto))
                 self.assertIn("x-backend: " + be, out.lower())
 
+    def test_request_trailers_reach_the_backend(self):
+        # A chunked HTTP/1.1 request's trailer section and an HTTP/2 client's trailing
+        # HEADERS reach an HTTP/2 backend as a trailing HEADERS frame, over h2c and h2.
+        data = b"hello trailers"
+        want = f"len={len(data)} fnv={dmtest.fnv1a64(data)} trailers: x-checksum=abc123"
+        bf = self.env.path("trailer-req.bin")
+        with open(bf, "wb") as f:
+            f.write(data)
+        chunked = (b"%x\r\n" % len(data)) + data + b"\r\n0\r\nX-Checksum: abc123\r\n\r\n"
+        for host in ("c.test", "s.test"):
+            resp = self.d.request(host, "/upload", method="POST", body=chunked,
+                                  headers=[("Transfer-Encoding", "chunked"),
+                                           ("Trailer", "X-Checksum")])
+            self.assertEqual(resp.status, 200, host)
+            self.assertIn(want, resp.body.decode(), host)
+            r = self.nghttp(host, "/upload", "-d", bf, "--trailer", "x-checksum: abc123")
+            self.assertIn(want, dmtest.text(r.stdout), host)
+
     def test_grpc_unary_trailers_to_h2_client(self):
         body = grpc_frame(b"ping 123")
         bf = self.env.path("grpc-req.bin")

@@ -341,6 +341,28 @@ class H2Test(dmtest.DmTestCase):
         j = json.loads(body)
         self.assertEqual((j["length"], j["fnv1a64"]), (11, dmtest.fnv1a64(b"hello world")))
 
+    def test_announced_trailers_with_a_length_go_out_chunked(self):
+        # A client that sends a content-length and announces trailers (nghttp --trailer):
+        # the backend gets the body chunked, so the trailer section can follow; the
+        # backend parses the framing (an error would be a 400) and sums the body.
+        nghttp = dmtest.require_tool("nghttp", "nghttp2-client")
+        src = self.env.path("trailer-up.bin")
+        with open(src, "wb") as f:
+            f.write(b"hello world")
+        r = dmtest.run([nghttp, "-H", ":authority: h.test", "-d", src, "--trailer",
+                        "x-checksum: abc", f"https://127.0.0.1:{self.d.https_port}/sum"],
+                       timeout=30)
+        out = dmtest.text(r.stdout)
+        self.assertEqual(r.returncode, 0, out + dmtest.text(r.stderr))
+        j = json.loads(out)
+        self.assertEqual((j["length"], j["fnv1a64"]), (11, dmtest.fnv1a64(b"hello world")))
+        r = dmtest.run([nghttp, "-H", ":authority: h.test", "-d", src, "--trailer",
+                        "x-checksum: abc", f"https://127.0.0.1:{self.d.https_port}/headers"],
+                       timeout=30)
+        names = {h[0].lower(): h[1] for h in json.loads(dmtest.text(r.stdout))["headers"]}
+        self.assertEqual(names.get("transfer-encoding"), "chunked", names)
+        self.assertNotIn("content-length", names)
+
     def test_slow_backend_stream_does_not_stall_others(self):
         c = self.raw()
         t0 = time.monotonic()

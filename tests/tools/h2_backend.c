@@ -4,7 +4,8 @@
  * socket polled every few milliseconds so streams can be fed over time. Endpoints:
  *   GET  /hello                 "hello from h2 NAME"
  *   GET  /bytes/N               N bytes of the /bytes pattern ('a' + i % 26), generated lazily
- *   POST /upload                "len=N fnv=HEX" of the request body (FNV-1a 64)
+ *   POST /upload                "len=N fnv=HEX" of the request body (FNV-1a 64), then
+ *                               " trailers: name=value ..." if the request had trailers
  *   POST /grpc.test.Echo/Unary  gRPC-style: the length-prefixed request echoed, trailers
  *                               grpc-status: 0, grpc-message: echoed
  *   POST /grpc.test.Echo/Stream gRPC-style server streaming: x-count messages (default 5), one
@@ -54,7 +55,8 @@ struct stream {
     bool streaming;
     uint64_t bytes_left; /* /bytes/N */
     uint64_t up_len, up_hash;
-    uint8_t *body; /* owned: response bytes for fixed bodies */
+    char req_trailers[512]; /* " name=value" per request trailer field */
+    uint8_t *body;          /* owned: response bytes for fixed bodies */
     size_t body_len, body_off;
     bool trailers; /* send grpc trailers after the body */
     bool deferred;
@@ -206,9 +208,10 @@ static void on_request(struct conn *c, struct stream *s)
     }
     if (strcmp(s->path, "/upload") == 0 ||
         (strcmp(s->path, "/goaway-once") == 0 && s->up_len > 0)) {
-        char b[96];
-        snprintf(b, sizeof(b), "len=%llu fnv=%016llx\n", (unsigned long long)s->up_len,
-                 (unsigned long long)s->up_hash);
+        char b[96 + sizeof(s->req_trailers)];
+        snprintf(b, sizeof(b), "len=%llu fnv=%016llx%s%s\n", (unsigned long long)s->up_len,
+                 (unsigned long long)s->up_hash, s->req_trailers[0] ? " trailers:" : "",
+                 s->req_trailers);
         set_body(s, b, strlen(b));
         respond(c, s, 200, "text/plain", true);
         return;
@@ -259,6 +262,12 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, const uint8_
     (void)flags;
     struct stream *s = find(user, f->hd.stream_id);
     if (s == NULL) {
+        return 0;
+    }
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_HEADERS) {
+        size_t used = strlen(s->req_trailers);
+        snprintf(s->req_trailers + used, sizeof(s->req_trailers) - used, " %.*s=%.*s", (int)nl,
+                 (const char *)n, (int)vl, (const char *)v);
         return 0;
     }
     if (nl == 5 && memcmp(n, ":path", 5) == 0) {
