@@ -308,6 +308,7 @@ struct dm_worker {
      * oldest first (upstream.c). */
     struct dm_upstream_conn *queue_head, *queue_tail;
     struct event *queue_ev; /* owned: wakes the queue after a slot was freed */
+    atomic_int num_queued;  /* the queue's length, read by other workers */
     struct event *drain_timer;
     struct event *grace_timer; /* owned: closes connections of older generations */
     atomic_uint stop_deadline_ms;
@@ -327,7 +328,8 @@ struct dm_worker {
 #define DM_WORKER_MSG_STOP  1
 #define DM_WORKER_MSG_GEN   2
 #define DM_WORKER_MSG_FORCE 4
-#define DM_WORKER_MSG_OD    8 /* on-demand news: retry waiting handshakes */
+#define DM_WORKER_MSG_OD    8  /* on-demand news: retry waiting handshakes */
+#define DM_WORKER_MSG_QUEUE 16 /* a backend slot was freed on another worker */
 
 /* conn.c */
 void dm_conn_accept(struct dm_worker *w, int fd, struct sockaddr *sa, socklen_t sa_len,
@@ -452,6 +454,11 @@ void dm_upstream_detach(struct dm_upstream_conn *u, bool reusable);
 void dm_upstream_pools_free(struct dm_worker *w);
 /* dm_upstream_is_queued: u still waits for a backend slot (no connection). */
 bool dm_upstream_is_queued(const struct dm_upstream_conn *u);
+/* dm_upstream_queue_kick runs w's queue soon: a slot may be free. */
+void dm_upstream_queue_kick(struct dm_worker *w);
+/* worker.c: dm_workers_wake_queues tells the other workers with requests
+ * in their queue that a backend slot was freed (self ran its own queue). */
+void dm_workers_wake_queues(const struct dm_worker *self);
 /* dm_request_pick chooses the backend of s's next attempt in s->pool:
  * returns an index, DM_PICK_DOWN or DM_PICK_FULL (request.c). */
 int dm_request_pick(struct dm_stream *s);

@@ -120,6 +120,9 @@ static void up_slot_release(struct dm_upstream_conn *u)
         dm_pool_release(u->be);
         u->be = NULL;
         queue_schedule(u->w);
+        /* The slot may be the one a request queued on another worker waits
+         * for: tell them now rather than at their next poll. */
+        dm_workers_wake_queues(u->w);
     }
 }
 static void up_hold(struct dm_upstream_conn *u)
@@ -471,6 +474,7 @@ static void queue_add(struct dm_upstream_conn *u, uint32_t timeout_ms)
         w->queue_ev = evtimer_new(w->base, queue_on_wake, w);
     }
     u->queued = true;
+    atomic_fetch_add_explicit(&w->num_queued, 1, memory_order_relaxed);
     u->queue_deadline_us = dm_time_mono_us() + (uint64_t)timeout_ms * 1000;
     u->q_next = NULL;
     u->q_prev = w->queue_tail;
@@ -492,6 +496,7 @@ static void queue_remove(struct dm_upstream_conn *u)
         return;
     }
     u->queued = false;
+    atomic_fetch_sub_explicit(&w->num_queued, 1, memory_order_relaxed);
     if (u->q_prev != NULL) {
         u->q_prev->q_next = u->q_next;
     } else {
@@ -515,6 +520,11 @@ static void queue_schedule(struct dm_worker *w)
     if (w->queue_head != NULL && w->queue_ev != NULL) {
         event_active(w->queue_ev, EV_TIMEOUT, 0);
     }
+}
+
+void dm_upstream_queue_kick(struct dm_worker *w)
+{
+    queue_schedule(w);
 }
 
 /* queue_try starts the queued u on a backend with a free slot. Returns

@@ -530,6 +530,9 @@ static void worker_on_msg(evutil_socket_t fd, short what, void *arg)
             c = next;
         }
     }
+    if (msg & DM_WORKER_MSG_QUEUE) {
+        dm_upstream_queue_kick(w);
+    }
     if (msg & DM_WORKER_MSG_FORCE) {
         worker_on_drain_deadline(-1, 0, w);
     }
@@ -692,6 +695,18 @@ int dm_workers_start(struct cfg *cfg, struct dm_err *err)
 void dm_proxy_set_ondemand(struct acme_ondemand *od)
 {
     dm_proxy_g.ondemand = od;
+}
+
+void dm_workers_wake_queues(const struct dm_worker *self)
+{
+    /* Cheap when nobody waits (the common case): one relaxed load per
+     * worker. The other workers race for the slot; the loser stays queued. */
+    for (int i = 0; i < num_workers; i++) {
+        struct dm_worker *w = &workers[i];
+        if (w != self && atomic_load_explicit(&w->num_queued, memory_order_relaxed) > 0) {
+            worker_send(w, DM_WORKER_MSG_QUEUE);
+        }
+    }
 }
 
 void dm_workers_wake_ondemand(void *arg)

@@ -387,6 +387,43 @@ class FailoverTest(dmtest.DmTestCase):
         self.assertEqual(again["k2"], 4, again)
 
 
+class QueueAcrossWorkersTest(dmtest.DmTestCase):
+    """Two workers, one backend slot: a slot freed on one worker goes to a request queued on
+    the other at once, not at that request's next queue poll (every 100 ms)."""
+
+    def test_slot_freed_on_another_worker_is_taken_at_once(self):
+        env = self.new_env()
+        b = env.backend("one")
+        cfg = dmtest.base_config(env.new_dir(), dmtest.free_port(), [
+            {"hosts": ["q2.test"], "to": [{"address": b.addr, "max_connections": 1}],
+             "upstream": {"queue_timeout": "10s"}}], workers=2)
+        d = env.doorman_run(cfg)
+        hold_ms = 300
+        gaps = []
+        # Connections land on either worker (SO_REUSEPORT hashes their ports): over 16
+        # pairs, the queued one is on the other worker about half of the time. Its start
+        # moves by 12.5 ms per pair, so the release falls at every phase of its 100 ms
+        # poll: waiting for the poll would cost some of them 40 to 100 ms.
+        for i in range(16):
+            ends = {}
+
+            def one(name, path, delay_s):
+                time.sleep(delay_s)
+                r = get(d, "q2.test", path=path, timeout=10)
+                ends[name] = (r.status, time.monotonic())
+            a = threading.Thread(target=one, args=("a", f"/delay?ms={hold_ms}", 0))
+            q = threading.Thread(target=one, args=("b", f"/delay?ms={hold_ms}", 0.02 + 0.0125 * i))
+            a.start()
+            q.start()
+            a.join()
+            q.join()
+            self.assertEqual((ends["a"][0], ends["b"][0]), (200, 200), ends)
+            # b started its backend request when a's slot came free: b ends hold_ms after.
+            gaps.append((ends["b"][1] - ends["a"][1]) * 1000 - hold_ms)
+        print(f"slot handoff gaps (ms): {[round(g) for g in gaps]}", file=sys.stderr)
+        self.assertLess(max(gaps), 40, f"a queued request waited for its poll: {gaps}")
+
+
 class QuickTest(dmtest.DmTestCase):
     """`doorman reverse-proxy` with several --to, --lb-policy and --health-path."""
 
