@@ -474,7 +474,11 @@ static void queue_add(struct dm_upstream_conn *u, uint32_t timeout_ms)
         w->queue_ev = evtimer_new(w->base, queue_on_wake, w);
     }
     u->queued = true;
-    atomic_fetch_add_explicit(&w->num_queued, 1, memory_order_relaxed);
+    /* Published, then the queue runs once more (queue_schedule below): a
+     * slot freed between the failed pick and now is seen by that run, or
+     * its release sees this count and wakes us (the 100 ms poll backs up
+     * the memory-order corner cases of weaker CPUs). */
+    atomic_fetch_add(&w->num_queued, 1);
     u->queue_deadline_us = dm_time_mono_us() + (uint64_t)timeout_ms * 1000;
     u->q_next = NULL;
     u->q_prev = w->queue_tail;
@@ -485,6 +489,7 @@ static void queue_add(struct dm_upstream_conn *u, uint32_t timeout_ms)
     }
     w->queue_tail = u;
     up_set_timer(u, timeout_ms < UP_QUEUE_POLL_MS ? timeout_ms : UP_QUEUE_POLL_MS);
+    queue_schedule(w);
     DM_LOG_DBG("upstream", "c=%llu queued: every backend of %s is at max_connections",
                (unsigned long long)u->s->c->id, u->s->host);
 }

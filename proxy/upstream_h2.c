@@ -92,7 +92,6 @@ struct dm_uph2_stream {
     struct evbuffer *body;         /* owned: decoded request body waiting for DATA frames */
     struct evbuffer *replay_head;  /* owned: the submitted head, while replayable */
     struct evbuffer *replay_body;  /* owned: decoded body bytes already sent, while replayable */
-    size_t replay_len;             /* bytes of both */
     bool replayable;               /* the request as sent so far is kept whole */
     bool resubmit;                 /* hs_submit sends a replay: body state stays */
     int replays;                   /* times moved to another connection after a refusal */
@@ -182,7 +181,6 @@ static void hs_consume(struct dm_uph2_stream *hs)
 static void hs_drop_replay(struct dm_uph2_stream *hs)
 {
     hs->replayable = false;
-    hs->replay_len = 0;
     if (hs->replay_head != NULL) {
         evbuffer_free(hs->replay_head);
         hs->replay_head = NULL;
@@ -198,11 +196,11 @@ static void hs_drop_replay(struct dm_uph2_stream *hs)
 static void hs_keep_for_replay(struct dm_uph2_stream *hs, struct evbuffer *dst, const void *p,
                                size_t n)
 {
-    if (hs->replay_len + n > H2U_REPLAY_MAX || evbuffer_add(dst, p, n) != 0) {
+    size_t kept = evbuffer_get_length(hs->replay_head) +
+                  (hs->replay_body != NULL ? evbuffer_get_length(hs->replay_body) : 0);
+    if (kept + n > H2U_REPLAY_MAX || evbuffer_add(dst, p, n) != 0) {
         hs_drop_replay(hs);
-        return;
     }
-    hs->replay_len += n;
 }
 
 /* hs_pull moves request bytes from the exchange's output into the stream:
@@ -240,11 +238,25 @@ static ssize_t hs_on_data_read(nghttp2_session *session, int32_t stream_id, uint
 
 static bool hs_skip_field(const struct dm_http1_header *h)
 {
-    static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-        "host",       "te"};
+    /* Every field of every request to an HTTP/2 backend: lengths first. */
+#define SKIP(s)                                                                                    \
+    {                                                                                              \
+        s, sizeof(s) - 1                                                                           \
+    }
+    static const struct {
+        const char *name;
+        size_t len;
+    } names[] = {SKIP("connection"),
+                 SKIP("keep-alive"),
+                 SKIP("proxy-connection"),
+                 SKIP("transfer-encoding"),
+                 SKIP("upgrade"),
+                 SKIP("host"),
+                 SKIP("te")};
+#undef SKIP
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (dm_str_ieq_lit(h->name, h->name_len, names[i])) {
+        if (h->name_len == names[i].len &&
+            dm_str_ieq(h->name, h->name_len, names[i].name, names[i].len)) {
             return true;
         }
     }
@@ -344,14 +356,12 @@ static void hs_submit(struct dm_uph2_stream *hs)
     /* Kept until the answer starts: a stream the backend refuses unprocessed
      * goes out again on another connection. A body-less request's head is
      * moved, not copied. */
-    hs->replay_len = 0;
     bool has_body = m.body != DM_HTTP1_BODY_NONE;
     hs->replayable =
         (hs->replay_head != NULL || (hs->replay_head = evbuffer_new()) != NULL) &&
         (!has_body || hs->replay_body != NULL || (hs->replay_body = evbuffer_new()) != NULL);
     if (hs->replayable && !has_body && (size_t)n <= H2U_REPLAY_MAX) {
         evbuffer_remove_buffer(hs->u_out, hs->replay_head, (size_t)n);
-        hs->replay_len = (size_t)n;
         return;
     }
     if (hs->replayable) {
@@ -599,7 +609,6 @@ static bool hs_replay(struct dm_uph2_stream *hs)
         evbuffer_prepend_buffer(hs->body, hs->replay_body);
     }
     hs->replayable = false;
-    hs->replay_len = 0;
     hs->resubmit = true;
     hs->deferred = false;
     hs->replays++;

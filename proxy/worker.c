@@ -699,11 +699,12 @@ void dm_proxy_set_ondemand(struct acme_ondemand *od)
 
 void dm_workers_wake_queues(const struct dm_worker *self)
 {
-    /* Cheap when nobody waits (the common case): one relaxed load per
-     * worker. The other workers race for the slot; the loser stays queued. */
+    /* Cheap when nobody waits (the common case): one load per worker (a
+     * plain load on x86). The other workers race for the slot; the losers
+     * stay queued. */
     for (int i = 0; i < num_workers; i++) {
         struct dm_worker *w = &workers[i];
-        if (w != self && atomic_load_explicit(&w->num_queued, memory_order_relaxed) > 0) {
+        if (w != self && atomic_load(&w->num_queued) > 0) {
             worker_send(w, DM_WORKER_MSG_QUEUE);
         }
     }
